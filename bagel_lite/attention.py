@@ -1,0 +1,135 @@
+"""Attention for packed sequences: who may look at whom.
+
+In training, BAGEL packs many samples ("documents") into one long sequence. Each sample is cut into
+*splits*, and each split has a mode:
+
+* ``causal`` — a text segment: each token sees earlier tokens.
+* ``full``   — a clean image (ViT block or clean VAE block): its tokens see each other both ways.
+* ``noise``  — a noisy VAE image being denoised: it sees everything before it and itself, and **no other
+  token may see it** (otherwise later text would read the answer off the noise).
+
+Tokens never see other samples. Two equivalent ways to express this are built here:
+
+* ``dense_mask`` — an explicit (L, L) matrix, used with ``torch.nn.functional.scaled_dot_product_attention``;
+* ``flex_block_mask`` — the same rule as a predicate for ``torch.nn.attention.flex_attention``, which skips
+  whole 128x128 blocks that are fully masked (the GPU training path).
+
+``attend`` is the one attention call of the package (SDPA with grouped-query heads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+ATTN_MODES = ("causal", "full", "noise")
+
+
+def _check(split_lens: Sequence[int], attn_modes: Sequence[str]):
+    if len(split_lens) != len(attn_modes):
+        raise ValueError(f"{len(split_lens)} split lengths but {len(attn_modes)} attention modes")
+    for mode in attn_modes:
+        if mode not in ATTN_MODES:
+            raise ValueError(f"unknown attention mode {mode!r}; use one of {ATTN_MODES}")
+
+
+def sample_allowed(split_lens: Sequence[int], attn_modes: Sequence[str]) -> torch.Tensor:
+    """Boolean (L, L) matrix for one sample: ``allowed[i, j]`` is True when query i may attend to key j."""
+    _check(split_lens, attn_modes)
+    length = sum(split_lens)
+    allowed = torch.zeros(length, length, dtype=torch.bool)
+    start = 0
+    for size, mode in zip(split_lens, attn_modes):
+        end = start + size
+        allowed[start:end, :start] = True  # every split sees all earlier splits ...
+        block = torch.ones(size, size, dtype=torch.bool)
+        allowed[start:end, start:end] = block.tril() if mode == "causal" else block  # ... and itself
+        start = end
+    start = 0
+    for size, mode in zip(split_lens, attn_modes):  # second pass: hide noise splits from everyone else
+        end = start + size
+        if mode == "noise":
+            allowed[:, start:end] = False
+            allowed[start:end, start:end] = True
+        start = end
+    return allowed
+
+
+def to_additive(allowed: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Boolean mask -> additive mask: 0 where allowed, -inf where blocked."""
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, float("-inf"))
+
+
+def dense_mask(sample_lens: Sequence[int], split_lens: Sequence[int], attn_modes: Sequence[str]) -> torch.Tensor:
+    """Boolean (L, L) mask of a packed sequence of several samples (block diagonal over samples).
+
+    ``split_lens`` / ``attn_modes`` list the splits of all samples in order; ``sample_lens`` groups them.
+    """
+    if sum(sample_lens) != sum(split_lens):
+        raise ValueError(f"sample lengths add up to {sum(sample_lens)} but split lengths to {sum(split_lens)}")
+    blocks, i = [], 0
+    for sample_len in sample_lens:
+        lens, modes = [], []
+        while sum(lens) < sample_len:
+            lens.append(split_lens[i])
+            modes.append(attn_modes[i])
+            i += 1
+        if sum(lens) != sample_len:
+            raise ValueError(f"splits do not line up with a sample of length {sample_len}")
+        blocks.append(sample_allowed(lens, modes))
+    return torch.block_diag(*blocks)
+
+
+def token_labels(sample_lens: Sequence[int], split_lens: Sequence[int], attn_modes: Sequence[str], device=None):
+    """Per-token integer labels the block-mask predicate reads: sample id, full/noise split id, noise split id.
+
+    Split ids count over the whole packed batch; -1 marks "not such a split". Each is (L,) int64.
+    """
+    _check(split_lens, attn_modes)
+    sample_id = torch.repeat_interleave(torch.arange(len(sample_lens)), torch.tensor(list(sample_lens)))
+    sizes = torch.tensor(list(split_lens))
+    split_index = torch.repeat_interleave(torch.arange(len(split_lens)), sizes)  # (L,)
+    is_full_or_noise = torch.tensor([m != "causal" for m in attn_modes])[split_index]
+    is_noise = torch.tensor([m == "noise" for m in attn_modes])[split_index]
+    full_noise_id = torch.where(is_full_or_noise, split_index, -1)
+    noise_id = torch.where(is_noise, split_index, -1)
+    return sample_id.to(device), full_noise_id.to(device), noise_id.to(device)
+
+
+def mask_predicate(sample_id: torch.Tensor, full_noise_id: torch.Tensor, noise_id: torch.Tensor):
+    """The packed-attention rule as a flex-attention ``mask_mod(b, h, q, kv) -> bool``."""
+
+    def mask_mod(b, h, q, kv):
+        causal = q >= kv
+        same_block = (full_noise_id[q] == full_noise_id[kv]) & (full_noise_id[q] >= 0)
+        hidden_noise = (noise_id[kv] >= 0) & (noise_id[q] != noise_id[kv])
+        same_sample = sample_id[q] == sample_id[kv]
+        return (causal | same_block) & ~hidden_noise & same_sample
+
+    return mask_mod
+
+
+def flex_block_mask(sample_lens, split_lens, attn_modes, device="cpu", block_size: int = 128):
+    """A flex-attention ``BlockMask`` equal to ``dense_mask`` (blocks of ``block_size`` tokens)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    length = sum(split_lens)
+    mask_mod = mask_predicate(*token_labels(sample_lens, split_lens, attn_modes, device=device))
+    return create_block_mask(mask_mod, B=None, H=None, Q_LEN=length, KV_LEN=length, device=device,
+                             BLOCK_SIZE=block_size)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax attention with grouped-query heads.
+
+    q: (B, Hq, Lq, d); k, v: (B, Hkv, Lk, d) with Hq a multiple of Hkv (query head j reads KV head
+    j // (Hq/Hkv)); allowed: boolean, broadcastable to (B, Hq, Lq, Lk), True = may attend, or None for
+    full attention. Returns (B, Hq, Lq, d). Scale 1/sqrt(d).
+    """
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k = k.repeat_interleave(groups, dim=1)  # (B, Hq, Lk, d)
+        v = v.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)

@@ -1,0 +1,167 @@
+"""Qwen2 with a Mixture of Transformer Experts (MoT): the one decoder that both reads and draws.
+
+Every decoder layer holds **two complete sets of weights** — the *understanding* expert (the original
+Qwen2.5 weights, no suffix) and the *generation* expert (suffix ``_moe_gen``): norms, q/k/v/o projections,
+QK-norms and MLP. Each token goes through exactly one of them, chosen by its type, not by a learned router:
+
+* text tokens, image markers and ViT tokens -> understanding expert;
+* VAE latent tokens (clean context or noisy target) -> generation expert.
+
+What the experts share is the **attention**: queries of every token attend over the keys and values of all
+visible tokens, whichever expert made them. That is how text conditions the image and the image the text.
+``gen_mask`` (True = generation expert) is the whole routing decision; see ``by_expert``.
+
+Attention here is grouped-query (28 query heads share 4 KV heads in the full model), with QK-norm
+(RMSNorm over each head, before RoPE) and 1D RoPE with theta = 1e6.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import attend
+from .config import LLMConfig
+from .positions import apply_rope
+
+# A layer's keys and values for the tokens seen so far: (B, num_kv_heads, T, head_dim) each.
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+class Qwen2RMSNorm(nn.Module):
+    """RMSNorm: normalise in float32, cast back to the input dtype, then scale by the weight."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+class Qwen2MLP(nn.Module):
+    """SwiGLU feed-forward: ``down(silu(gate(x)) * up(x))``, no biases."""
+
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def by_expert(x: torch.Tensor, gen_mask: torch.Tensor | None, und: Callable, gen: Callable) -> torch.Tensor:
+    """Apply ``und`` to the tokens where ``gen_mask`` is False and ``gen`` where it is True.
+
+    x: (B, L, ...) ; gen_mask: (B, L) bool, or None for "all understanding". The tokens of each expert are
+    gathered, transformed by that expert, and scattered back into place: this is MoT routing.
+    """
+    if gen_mask is None or not gen_mask.any():
+        return und(x)
+    if gen_mask.all():
+        return gen(x)
+    und_out = und(x[~gen_mask])  # (num_und_tokens, ...)
+    gen_out = gen(x[gen_mask])  # (num_gen_tokens, ...)
+    out = und_out.new_empty(*gen_mask.shape, *und_out.shape[1:])  # (B, L, ...)
+    out[~gen_mask] = und_out
+    out[gen_mask] = gen_out
+    return out
+
+
+class PackedAttentionMoT(nn.Module):
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        d, hd = cfg.hidden_size, cfg.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, hd
+        for suffix in ("", "_moe_gen"):  # understanding expert, generation expert
+            setattr(self, f"q_proj{suffix}", nn.Linear(d, self.num_heads * hd))
+            setattr(self, f"k_proj{suffix}", nn.Linear(d, self.num_kv_heads * hd))
+            setattr(self, f"v_proj{suffix}", nn.Linear(d, self.num_kv_heads * hd))
+            setattr(self, f"o_proj{suffix}", nn.Linear(self.num_heads * hd, d, bias=False))
+            setattr(self, f"q_norm{suffix}", Qwen2RMSNorm(hd, cfg.rms_norm_eps))
+            setattr(self, f"k_norm{suffix}", Qwen2RMSNorm(hd, cfg.rms_norm_eps))
+
+    def _heads(self, proj: nn.Linear, norm: nn.Module | None, heads: int):
+        def fn(a):  # (..., hidden) -> (..., heads, head_dim), QK-normed if a norm is given
+            out = proj(a).unflatten(-1, (heads, self.head_dim))
+            return out if norm is None else norm(out)
+
+        return fn
+
+    def forward(self, x, gen_mask, cos, sin, allowed, past: KV | None = None):
+        """x: (B, L, hidden); cos/sin: (B, L, head_dim); allowed: (B, 1, L, T+L) bool or None.
+
+        Returns the attention output (B, L, hidden) and this layer's keys/values for the T cached plus L new
+        tokens (B, num_kv_heads, T+L, head_dim).
+        """
+        H, Hkv = self.num_heads, self.num_kv_heads
+        q = by_expert(x, gen_mask, self._heads(self.q_proj, self.q_norm, H),
+                      self._heads(self.q_proj_moe_gen, self.q_norm_moe_gen, H))  # (B, L, H, hd)
+        k = by_expert(x, gen_mask, self._heads(self.k_proj, self.k_norm, Hkv),
+                      self._heads(self.k_proj_moe_gen, self.k_norm_moe_gen, Hkv))  # (B, L, Hkv, hd)
+        v = by_expert(x, gen_mask, self._heads(self.v_proj, None, Hkv),
+                      self._heads(self.v_proj_moe_gen, None, Hkv))  # (B, L, Hkv, hd)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, L, hd)
+        cos, sin = cos[:, None], sin[:, None]  # (B, 1, L, hd): same angle for every head
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, Hkv, T+L, hd)
+        out = attend(q, k, v, allowed)  # (B, H, L, hd): one joint attention over both experts' tokens
+        out = out.transpose(1, 2).flatten(2)  # (B, L, H*hd)
+        return by_expert(out, gen_mask, self.o_proj, self.o_proj_moe_gen), (k, v)
+
+
+class Qwen2MoTDecoderLayer(nn.Module):
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        d, eps = cfg.hidden_size, cfg.rms_norm_eps
+        self.self_attn = PackedAttentionMoT(cfg)
+        self.mlp = Qwen2MLP(d, cfg.intermediate_size)
+        self.mlp_moe_gen = Qwen2MLP(d, cfg.intermediate_size)
+        self.input_layernorm = Qwen2RMSNorm(d, eps)
+        self.input_layernorm_moe_gen = Qwen2RMSNorm(d, eps)
+        self.post_attention_layernorm = Qwen2RMSNorm(d, eps)
+        self.post_attention_layernorm_moe_gen = Qwen2RMSNorm(d, eps)
+
+    def forward(self, x, gen_mask, cos, sin, allowed, past: KV | None = None):
+        a = by_expert(x, gen_mask, self.input_layernorm, self.input_layernorm_moe_gen)
+        attn_out, kv = self.self_attn(a, gen_mask, cos, sin, allowed, past)
+        x = x + attn_out
+        a = by_expert(x, gen_mask, self.post_attention_layernorm, self.post_attention_layernorm_moe_gen)
+        x = x + by_expert(a, gen_mask, self.mlp, self.mlp_moe_gen)
+        return x, kv
+
+
+class Qwen2Model(nn.Module):
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Qwen2MoTDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = Qwen2RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.norm_moe_gen = Qwen2RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, gen_mask, cos, sin, allowed, past: list[KV] | None = None):
+        """x: (B, L, hidden) input embeddings. Returns final hidden states (B, L, hidden) and per-layer K/V."""
+        kvs = []
+        for i, layer in enumerate(self.layers):
+            x, kv = layer(x, gen_mask, cos, sin, allowed, None if past is None else past[i])
+            kvs.append(kv)
+        return by_expert(x, gen_mask, self.norm, self.norm_moe_gen), kvs
+
+
+class Qwen2ForCausalLM(nn.Module):
+    """The decoder plus the (untied) ``lm_head`` that turns understanding states into next-token logits."""
+
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.model = Qwen2Model(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
