@@ -1,0 +1,19 @@
+"""bagel-lite: BAGEL, the unified multimodal model, re-implemented in readable PyTorch.
+
+    import bagel_lite
+    pipe = bagel_lite.load("path/to/checkpoint")      # an official-layout folder
+    pipe.generate("a red circle on the left").image
+    pipe.edit(image, "make the circle blue").image
+    pipe.answer(image, "What is in the image?")
+"""
+
+from .bagel import Bagel
+from .checkpoint import CheckpointError, load_bagel, save_bagel
+from .config import BagelConfig, full, tiny
+from .inference import EDIT_SETTINGS, T2I_SETTINGS, Context, GenerationStopped, ImageSettings, StepInfo
+from .pipeline import Generated, Pipeline, load
+
+__all__ = [
+    "Bagel", "BagelConfig", "CheckpointError", "Context", "EDIT_SETTINGS", "Generated", "GenerationStopped",
+    "ImageSettings", "Pipeline", "StepInfo", "T2I_SETTINGS", "full", "load", "load_bagel", "save_bagel", "tiny",
+]

@@ -116,7 +116,8 @@ class Encoder(nn.Module):
         channels = cfg.ch
         for i, width in enumerate(widths):
             last = i == len(widths) - 1
-            self.down.append(Level(channels, width, cfg.num_res_blocks, None if last else Downsample(width), "downsample"))
+            resample = None if last else Downsample(width)
+            self.down.append(Level(channels, width, cfg.num_res_blocks, resample, "downsample"))
             channels = width
         self.mid = Mid(channels)
         self.norm_out = group_norm(channels)
@@ -142,7 +143,8 @@ class Decoder(nn.Module):
         self.mid = Mid(channels)
         levels = []
         for i in reversed(range(len(widths))):  # lowest resolution first; up.0 is the highest resolution
-            levels.append(Level(channels, widths[i], cfg.num_res_blocks + 1, Upsample(widths[i]) if i else None, "upsample"))
+            resample = Upsample(widths[i]) if i else None
+            levels.append(Level(channels, widths[i], cfg.num_res_blocks + 1, resample, "upsample"))
             channels = widths[i]
         self.up = nn.ModuleList(reversed(levels))
         self.norm_out = group_norm(channels)

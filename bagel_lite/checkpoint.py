@@ -187,6 +187,9 @@ def save_bagel(folder: str | Path, model: Bagel, ae: AutoEncoder, tokenizer) -> 
               str(folder / "ema.safetensors"))
     save_file({k: v.detach().contiguous().cpu() for k, v in ae.state_dict().items()}, str(folder / "ae.safetensors"))
     tokenizer.save_pretrained(str(folder))
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # transformers >= 5 writes only tokenizer.json; the official layout has these too
+        backend.model.save(str(folder))  # vocab.json + merges.txt
     missing = [f for f in TOKENIZER_FILES if not (folder / f).is_file()]
     if missing:
         raise CheckpointError(f"the tokenizer did not write {missing} into {folder}; save a Qwen2Tokenizer")

@@ -1,0 +1,37 @@
+# One command each: `make test` (set up + run every test) and `make workbook` (set up + open the notebooks).
+# Set-up makes .venv/ with the CPU build of torch (constraints/cpu.txt); see README for GPU machines.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP_CONSTRAINTS ?= constraints/cpu.txt
+
+# Nothing here may reach a model hub.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup test workbook figures benchmark lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml $(PIP_CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c $(PIP_CONSTRAINTS) -e ".[dev]"
+	touch $@
+
+test: setup
+	$(VENV)/bin/ruff check bagel_lite tests benchmarks
+	$(PY) -m pytest
+
+workbook: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+benchmark: setup
+	$(PY) benchmarks/inference_speed.py
+
+lint: setup
+	$(VENV)/bin/ruff check bagel_lite tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,334 @@
+"""Interleaved inference: reading text and images into a KV cache, then writing text or drawing an image.
+
+A **context** is what the model has read: the keys and values of every layer (the KV cache) plus two
+counters — ``kv_len`` (cached tokens) and ``rope`` (the next free 1D position). Three things can be appended:
+
+* a text segment ``<|im_start|> text <|im_end|>`` — causal, one position per token;
+* an image for understanding ``<|vision_start|> ViT tokens <|vision_end|>`` — bidirectional, one position
+  for the whole block;
+* an image as clean VAE latents (for editing), same wrapping; its latent tokens use the generation expert.
+
+From a context the model can **write text** (feed ``<|im_start|>``, take the argmax or a sample, repeat) or
+**draw an image**: a block ``<|vision_start|> noisy latents <|vision_end|>`` is placed after the context and
+denoised with Euler steps. Noisy latents are never written into the cache. Classifier-free guidance runs
+the same block against up to three contexts; ``Engine.generate_image`` stacks them as one batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .autoencoder import AutoEncoder
+from .bagel import Bagel
+from .flow import RENORM_TYPES, euler_step, guidance_scales, guided_velocity, timestep_schedule
+from .patchify import patchify, position_ids, unpatchify
+from .qwen2_mot import KV
+from .tokenizer import SpecialTokens, cut_generated, wrap_text
+from .transforms import ImageTransform, tensor_to_pil
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the model has read so far. Cached tensors are never changed in place, so copies may share them."""
+
+    kv_len: int = 0  # tokens in the cache
+    rope: int = 0  # next free 1D RoPE position
+    past: tuple[KV, ...] | None = None  # per layer: keys, values of shape (1, num_kv_heads, kv_len, head_dim)
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """Sampler settings (official names). ``num_timesteps`` counts grid points: one fewer Euler steps."""
+
+    cfg_text_scale: float = 4.0
+    cfg_img_scale: float = 1.0
+    cfg_interval: tuple[float, float] = (0.4, 1.0)
+    timestep_shift: float = 3.0
+    num_timesteps: int = 50
+    cfg_renorm_type: str = "global"
+    cfg_renorm_min: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "cfg_interval", tuple(float(v) for v in self.cfg_interval))
+        if not isinstance(self.num_timesteps, int) or self.num_timesteps < 2:
+            raise ValueError(f"num_timesteps must be an integer >= 2 (grid points; 2 gives one Euler step), "
+                             f"got {self.num_timesteps!r}")
+        for name in ("cfg_text_scale", "cfg_img_scale"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (1 means no guidance), got {getattr(self, name)}")
+        if self.timestep_shift <= 0:
+            raise ValueError(f"timestep_shift must be > 0 (1 = no shift, 3 = default), got {self.timestep_shift}")
+        lo, hi = self.cfg_interval
+        if not (len(self.cfg_interval) == 2 and 0.0 <= lo <= hi <= 1.0):
+            raise ValueError(f"cfg_interval must be two numbers 0 <= lo <= hi <= 1, got {self.cfg_interval}")
+        if self.cfg_renorm_type not in RENORM_TYPES:
+            raise ValueError(f"cfg_renorm_type {self.cfg_renorm_type!r} is unknown; use one of {RENORM_TYPES}")
+        if not 0.0 <= self.cfg_renorm_min <= 1.0:
+            raise ValueError(f"cfg_renorm_min must lie in [0, 1] (1 switches renorm off), got {self.cfg_renorm_min}")
+
+
+T2I_SETTINGS = ImageSettings()
+EDIT_SETTINGS = ImageSettings(cfg_img_scale=2.0, cfg_interval=(0.0, 1.0), cfg_renorm_type="text_channel")
+
+
+@dataclass
+class StepInfo:
+    """Handed to a sampler callback at every Euler step (before the update)."""
+
+    step: int  # 0 .. num_timesteps - 2
+    t: float  # current (shifted) flow time
+    x_t: torch.Tensor  # (N, 64) noisy latent tokens
+    v_cond: torch.Tensor  # (N, 64) velocity with the full context
+    v_text_uncond: torch.Tensor | None  # without the last text (None when text guidance is off at this step)
+    v_img_uncond: torch.Tensor | None  # without the images (None when image guidance is off)
+    v: torch.Tensor  # (N, 64) guided velocity actually used
+
+
+class GenerationStopped(Exception):
+    """Raised when a callback returns ``False``: the run ended cleanly between two steps."""
+
+
+def causal_allowed(num_cached: int, num_new: int, device=None) -> torch.Tensor:
+    """(1, 1, new, cached + new) mask, causal aligned to the bottom right: new token i sees the whole cache
+    and new tokens 0..i. (SDPA's ``is_causal`` aligns top-left and would hide the cache.)"""
+    return torch.ones(num_new, num_cached + num_new, dtype=torch.bool, device=device).tril(num_cached)[None, None]
+
+
+class BranchBatch:
+    """Several contexts padded to one length, so the CFG branches of a denoising step run as one forward.
+
+    Built once per generation and reused at every step: padded keys/values per layer (B, Hkv, T, hd), the
+    mask (B, 1, L, T + L) that hides each branch's padding, and each branch's query positions (B, L).
+    """
+
+    def __init__(self, contexts: list[Context], query_len: int, num_kv_heads: int, head_dim: int, num_layers: int,
+                 device, dtype):
+        longest = max(c.kv_len for c in contexts)
+        self.size = len(contexts)
+        self.positions = torch.tensor([[c.rope] * query_len for c in contexts], device=device)  # (B, L)
+        allowed = torch.ones(self.size, 1, query_len, longest + query_len, dtype=torch.bool, device=device)
+        for b, c in enumerate(contexts):
+            allowed[b, :, :, c.kv_len:longest] = False  # padding
+        self.allowed = allowed
+        self.past = None
+        if longest:
+            self.past = []
+            for layer in range(num_layers):
+                keys, values = [], []
+                for c in contexts:
+                    k, v = c.past[layer] if c.past else (torch.zeros(1, num_kv_heads, 0, head_dim, device=device,
+                                                                     dtype=dtype),) * 2
+                    pad = (0, 0, 0, longest - c.kv_len)
+                    keys.append(torch.nn.functional.pad(k, pad))
+                    values.append(torch.nn.functional.pad(v, pad))
+                self.past.append((torch.cat(keys), torch.cat(values)))  # (B, Hkv, longest, hd) each
+
+
+class Engine:
+    """The model, its autoencoder and tokenizer, and the operations of interleaved inference."""
+
+    def __init__(self, model: Bagel, ae: AutoEncoder, tokenizer, special: SpecialTokens,
+                 vae_transform: ImageTransform | None = None, vit_transform: ImageTransform | None = None):
+        self.model, self.ae, self.tokenizer, self.special = model, ae, tokenizer, special
+        cfg = model.config
+        max_gen = cfg.max_latent_size * cfg.latent_downsample
+        vit_max = cfg.vit_max_num_patch_per_side * cfg.vit.patch_size
+        # The official transforms, (1024, 512, 16) and (980, 224, 14), capped by what this model's tables cover.
+        self.vae_transform = vae_transform or ImageTransform(min(1024, max_gen), min(512, max_gen),
+                                                             cfg.latent_downsample)
+        self.vit_transform = vit_transform or ImageTransform(min(980, vit_max), min(224, vit_max),
+                                                             cfg.vit.patch_size)
+
+    @property
+    def device(self):
+        return self.model.language_model.lm_head.weight.device
+
+    @property
+    def dtype(self):
+        return self.model.language_model.lm_head.weight.dtype
+
+    # ------------------------------------------------------------------------------------------------------
+    # Reading: text, ViT images and VAE images into a context
+
+    def _forward(self, ctx: Context, rows: torch.Tensor, positions: torch.Tensor, gen_mask, causal: bool):
+        """Run new rows (L, D) after ``ctx``'s cache. Returns hidden (L, D) and the context with them cached."""
+        n = rows.shape[0]
+        if ctx.rope + int(positions.max()) - int(positions.min()) >= self.model.config.llm.max_position_embeddings:
+            raise ValueError(f"the context would need position {ctx.rope + n}, beyond the model's "
+                             f"{self.model.config.llm.max_position_embeddings}: shorten the prompt")
+        allowed = causal_allowed(ctx.kv_len, n, self.device) if causal else None
+        hidden, kvs = self.model.decode(rows[None].to(self.dtype), None if gen_mask is None else gen_mask[None],
+                                        positions[None], allowed, list(ctx.past) if ctx.past else None)
+        return hidden[0], Context(ctx.kv_len + n, ctx.rope, tuple(kvs))
+
+    def _markers(self) -> torch.Tensor:
+        ids = torch.tensor([self.special.start_of_image, self.special.end_of_image], device=self.device)
+        return self.model.embed_text(ids)  # (2, D)
+
+    def add_text(self, ctx: Context, text: str) -> Context:
+        """Append ``<|im_start|> text <|im_end|>``, causally, positions rope .. rope + n - 1."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a string, got {type(text).__name__}")
+        ids = torch.tensor(wrap_text(self.tokenizer, self.special, text), device=self.device)
+        positions = ctx.rope + torch.arange(len(ids), device=self.device)
+        _, new = self._forward(ctx, self.model.embed_text(ids), positions, None, causal=True)
+        return replace(new, rope=ctx.rope + len(ids))
+
+    def add_vit_image(self, ctx: Context, pixels: torch.Tensor) -> Context:
+        """Append an image for understanding: (3, H, W) in [-1, 1], sides multiples of the ViT patch."""
+        cfg = self.model.config
+        h, w = pixels.shape[1:]
+        patches = patchify(pixels, cfg.vit.patch_size).to(self.device, self.dtype)  # (n, 588)
+        ids = position_ids(h, w, cfg.vit.patch_size, cfg.vit_max_num_patch_per_side, cfg.interpolate_pos)
+        ids = ids.to(self.device)
+        tokens = self.model.embed_vit(patches, ids, [len(ids)])  # (n, D)
+        start, end = self._markers()
+        rows = torch.cat([start[None], tokens, end[None]])  # (n + 2, D)
+        positions = torch.full((len(rows),), ctx.rope, device=self.device)  # the whole block shares one position
+        _, new = self._forward(ctx, rows, positions, None, causal=False)
+        return replace(new, rope=ctx.rope + 1)
+
+    def add_vae_image(self, ctx: Context, pixels: torch.Tensor, generator: torch.Generator | None = None) -> Context:
+        """Append an image as clean latents (t = 0), routed to the generation expert; markers stay und."""
+        cfg = self.model.config
+        h, w = pixels.shape[1:]
+        ae_device = next(self.ae.parameters()).device
+        latent = self.ae.encode(pixels[None].to(ae_device), generator=generator)[0]  # (16, H/8, W/8)
+        tokens = patchify(latent, cfg.latent_patch_size).to(self.device)  # (h*w, 64)
+        ids = position_ids(h, w, cfg.latent_downsample, cfg.max_latent_size).to(self.device)
+        rows = self._latent_rows(tokens, torch.zeros(1, device=self.device), ids)
+        positions = torch.full((len(rows),), ctx.rope, device=self.device)
+        _, new = self._forward(ctx, rows, positions, self._gen_mask(len(ids)), causal=False)
+        return replace(new, rope=ctx.rope + 1)
+
+    def add_image(self, ctx: Context, image: Image.Image, vae: bool = True, vit: bool = True,
+                  generator: torch.Generator | None = None) -> Context:
+        """Append a PIL image: as VAE latents (if ``vae``), then as ViT tokens (if ``vit``)."""
+        if vae:
+            ctx = self.add_vae_image(ctx, self.vae_transform(image), generator)
+        if vit:
+            ctx = self.add_vit_image(ctx, self.vit_transform(image))
+        return ctx
+
+    def _latent_rows(self, x: torch.Tensor, t: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        start, end = self._markers()
+        tokens = self.model.embed_latents(x.to(self.dtype), t.to(self.dtype), ids)  # (N, D)
+        return torch.cat([start[None], tokens, end[None]])  # (N + 2, D)
+
+    def _gen_mask(self, n: int) -> torch.Tensor:
+        mask = torch.ones(n + 2, dtype=torch.bool, device=self.device)
+        mask[0] = mask[-1] = False  # the two markers use the understanding expert
+        return mask
+
+    # ------------------------------------------------------------------------------------------------------
+    # Writing text
+
+    def generate_text(self, ctx: Context, max_length: int = 1000, do_sample: bool = False, temperature: float = 1.0,
+                      generator: torch.Generator | None = None, progress: bool = False) -> list[int]:
+        """Token ids from ``<|im_start|>`` (included) up to, not including, ``<|im_end|>``; at most
+        ``max_length`` ids in all. ``ctx`` itself is left unchanged."""
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        if do_sample and temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+        token, ids = self.special.bos, []
+        for _ in tqdm(range(max_length), desc="text tokens", disable=not progress, leave=False):
+            ids.append(token)
+            rows = self.model.embed_text(torch.tensor([token], device=self.device))
+            hidden, ctx = self._forward(ctx, rows, torch.tensor([ctx.rope], device=self.device), None, causal=True)
+            ctx = replace(ctx, rope=ctx.rope + 1)
+            logits = self.model.logits(hidden[-1]).float()  # (vocab,)
+            if do_sample:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                token = int(torch.multinomial(probs.cpu(), 1, generator=generator))
+            else:
+                token = int(logits.argmax())
+            if token == self.special.eos:
+                break
+        return ids
+
+    def decode_text(self, ids: list[int]) -> str:
+        return cut_generated(self.tokenizer.decode(ids))
+
+    # ------------------------------------------------------------------------------------------------------
+    # Drawing an image
+
+    def check_image_shape(self, height: int, width: int):
+        cfg = self.model.config
+        step, largest = cfg.latent_downsample, cfg.max_latent_size * cfg.latent_downsample
+        if height % step or width % step or not (step <= height <= largest and step <= width <= largest):
+            raise ValueError(f"image_shapes must be (height, width), multiples of {step} between {step} and "
+                             f"{largest} for this model, got ({height}, {width})")
+
+    def generate_image(self, image_shape: tuple[int, int], gen: Context, cfg_text: Context, cfg_img: Context,
+                       settings: ImageSettings = T2I_SETTINGS, init_noise: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None, callback: Callable[[StepInfo], object] | None = None,
+                       batch_cfg: bool = True, progress: bool = True) -> torch.Tensor:
+        """Denoise latent tokens from noise; returns (N, 64) float32 latent tokens of an image of image_shape."""
+        cfg = self.model.config
+        height, width = image_shape
+        self.check_image_shape(height, width)
+        rows, cols = height // cfg.latent_downsample, width // cfg.latent_downsample
+        n = rows * cols
+        if init_noise is None:
+            init_noise = torch.randn(n, cfg.patch_latent_dim, generator=generator)  # drawn on the CPU, as official
+        if tuple(init_noise.shape) != (n, cfg.patch_latent_dim):
+            raise ValueError(f"init_noise must have shape ({n}, {cfg.patch_latent_dim}) for a {height}x{width} "
+                             f"image, got {tuple(init_noise.shape)}")
+        x = init_noise.to(self.device, torch.float32)  # (N, 64)
+
+        # Built once per generation, reused at every step.
+        ids = position_ids(height, width, cfg.latent_downsample, cfg.max_latent_size).to(self.device)
+        gen_mask = self._gen_mask(n)
+        contexts = {"cond": gen, "text": cfg_text, "img": cfg_img}
+        batches: dict[tuple[str, ...], BranchBatch] = {}
+
+        def batch(names):
+            if names not in batches:
+                llm = cfg.llm
+                batches[names] = BranchBatch([contexts[k] for k in names], n + 2, llm.num_key_value_heads,
+                                             llm.head_dim, llm.num_hidden_layers, self.device, self.dtype)
+            return batches[names]
+
+        def run(names, rows):  # velocities (len(names), N, 64) of the given branches
+            b = batch(names)
+            hidden, _ = self.model.decode(rows[None].expand(b.size, -1, -1), gen_mask[None].expand(b.size, -1),
+                                          b.positions, b.allowed, b.past)
+            return self.model.velocity(hidden[:, 1:-1]).float()
+
+        ts = timestep_schedule(settings.num_timesteps, settings.timestep_shift)
+        steps = range(settings.num_timesteps - 1)
+        for k in tqdm(steps, desc="denoising", disable=not progress, leave=False):
+            t, t_next = float(ts[k]), float(ts[k + 1])
+            s_text, s_img = guidance_scales(t, settings.cfg_text_scale, settings.cfg_img_scale, settings.cfg_interval)
+            names = ("cond",) + (("text",) if s_text > 1 else ()) + (("img",) if s_text > 1 and s_img > 1 else ())
+            rows = self._latent_rows(x, ts[k].reshape(1).to(self.device), ids)  # (N + 2, D)
+            if batch_cfg:
+                vs = run(names, rows)
+            else:
+                vs = torch.cat([run((name,), rows) for name in names])
+            v_by = dict(zip(names, vs))
+            v = guided_velocity(v_by["cond"], v_by.get("text"), v_by.get("img"), s_text, s_img,
+                                settings.cfg_renorm_type, settings.cfg_renorm_min)
+            if callback is not None:
+                info = StepInfo(k, t, x, v_by["cond"], v_by.get("text"), v_by.get("img"), v)
+                if callback(info) is False:
+                    raise GenerationStopped(f"stopped by the callback at step {k}")
+            x = euler_step(x, v, t, t_next)
+        return x
+
+    def decode_latents(self, tokens: torch.Tensor, image_shape: tuple[int, int]) -> torch.Tensor:
+        """(N, 64) latent tokens -> (1, 3, H, W) decoded image in about [-1, 1]."""
+        cfg = self.model.config
+        rows, cols = image_shape[0] // cfg.latent_downsample, image_shape[1] // cfg.latent_downsample
+        latent = unpatchify(tokens, rows, cols, cfg.latent_patch_size, cfg.latent_channels)  # (16, H/8, W/8)
+        ae_device = next(self.ae.parameters()).device
+        return self.ae.decode(latent[None].to(ae_device, torch.float32))
+
+    def decode_image(self, tokens: torch.Tensor, image_shape: tuple[int, int]) -> Image.Image:
+        return tensor_to_pil(self.decode_latents(tokens, image_shape)[0])
