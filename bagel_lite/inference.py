@@ -106,8 +106,7 @@ class BranchBatch:
     mask (B, 1, L, T + L) that hides each branch's padding, and each branch's query positions (B, L).
     """
 
-    def __init__(self, contexts: list[Context], query_len: int, num_kv_heads: int, head_dim: int, num_layers: int,
-                 device, dtype):
+    def __init__(self, contexts: list[Context], query_len: int, device):
         longest = max(c.kv_len for c in contexts)
         self.size = len(contexts)
         self.positions = torch.tensor([[c.rope] * query_len for c in contexts], device=device)  # (B, L)
@@ -117,16 +116,20 @@ class BranchBatch:
         self.allowed = allowed
         self.past = None
         if longest:
-            self.past = []
-            for layer in range(num_layers):
-                keys, values = [], []
-                for c in contexts:
-                    k, v = c.past[layer] if c.past else (torch.zeros(1, num_kv_heads, 0, head_dim, device=device,
-                                                                     dtype=dtype),) * 2
-                    pad = (0, 0, 0, longest - c.kv_len)
-                    keys.append(torch.nn.functional.pad(k, pad))
-                    values.append(torch.nn.functional.pad(v, pad))
-                self.past.append((torch.cat(keys), torch.cat(values)))  # (B, Hkv, longest, hd) each
+            full = next(c.past for c in contexts if c.past)
+            self.past = [self._stack([c.past[i] if c.past else None for c in contexts], full[i], longest)
+                         for i in range(len(full))]
+
+    @staticmethod
+    def _stack(kvs: list[KV | None], like: KV, length: int) -> KV:
+        """Right-pad each branch's (1, Hkv, T_b, hd) keys and values to ``length`` and stack them."""
+        keys, values = [], []
+        for kv in kvs:
+            k, v = kv if kv is not None else (like[0][:, :, :0], like[1][:, :, :0])  # an empty context
+            pad = (0, 0, 0, length - k.shape[2])
+            keys.append(torch.nn.functional.pad(k, pad))
+            values.append(torch.nn.functional.pad(v, pad))
+        return torch.cat(keys), torch.cat(values)  # (B, Hkv, length, hd) each
 
 
 class Engine:
@@ -145,12 +148,12 @@ class Engine:
                                                              cfg.vit.patch_size)
 
     @property
-    def device(self):
-        return self.model.language_model.lm_head.weight.device
+    def device(self):  # where new rows are made: the device of the token embedding
+        return self.model.language_model.model.embed_tokens.weight.device
 
     @property
     def dtype(self):
-        return self.model.language_model.lm_head.weight.dtype
+        return self.model.language_model.model.embed_tokens.weight.dtype
 
     # ------------------------------------------------------------------------------------------------------
     # Reading: text, ViT images and VAE images into a context
@@ -290,9 +293,7 @@ class Engine:
 
         def batch(names):
             if names not in batches:
-                llm = cfg.llm
-                batches[names] = BranchBatch([contexts[k] for k in names], n + 2, llm.num_key_value_heads,
-                                             llm.head_dim, llm.num_hidden_layers, self.device, self.dtype)
+                batches[names] = BranchBatch([contexts[k] for k in names], n + 2, self.device)
             return batches[names]
 
         def run(names, rows):  # velocities (len(names), N, 64) of the given branches

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .checkpoint import load_bagel
+from .checkpoint import load_bagel, read_config
+from .devices import check_fits, estimate_memory, free_gpu_memory, load_on_gpus
 from .inference import EDIT_SETTINGS, T2I_SETTINGS, Context, Engine, ImageSettings, StepInfo  # noqa: F401
 from .tokenizer import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT
 from .transforms import pil_img2rgb
@@ -63,10 +64,22 @@ class Pipeline(Engine):
     @classmethod
     def from_folder(cls, folder: str | Path, device: str | torch.device | None = None,
                     dtype: torch.dtype | None = None, **transforms) -> Pipeline:
-        """Load a checkpoint folder (official layout). Defaults: CUDA + bf16 when available, else CPU + fp32."""
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        b = load_bagel(folder, device=device, dtype=dtype)
+        """Load a checkpoint folder (official layout).
+
+        ``device``: "cpu", "cuda" / "cuda:1" (one GPU), or "auto" (split over every visible GPU with
+        accelerate). Default: "cuda" when available, else "cpu". ``dtype`` defaults to bf16 on GPUs, float32
+        on the CPU. On GPUs the memory needed is checked before any weight is read.
+        """
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        on_gpu = str(device) == "auto" or torch.device(device).type == "cuda"
+        dtype = dtype or (torch.bfloat16 if on_gpu else torch.float32)
+        if str(device) == "auto":
+            b = load_on_gpus(folder, dtype)
+        else:
+            if on_gpu:
+                index = torch.device(device).index or 0
+                check_fits(estimate_memory(read_config(folder), dtype), {index: free_gpu_memory()[index]})
+            b = load_bagel(folder, device=device, dtype=dtype)
         return cls(b.model, b.ae, b.tokenizer, b.special, **transforms)
 
     # ------------------------------------------------------------------------------------------------------

@@ -155,6 +155,8 @@ class Qwen2Model(nn.Module):
         for i, layer in enumerate(self.layers):
             x, kv = layer(x, gen_mask, cos, sin, allowed, None if past is None else past[i])
             kvs.append(kv)
+        if gen_mask is not None:
+            gen_mask = gen_mask.to(x.device)  # layers may sit on several GPUs (see devices.py)
         return by_expert(x, gen_mask, self.norm, self.norm_moe_gen), kvs
 
 

@@ -1,0 +1,121 @@
+"""Putting the full model on GPUs: a memory estimate up front, and a device map across several GPUs.
+
+BAGEL-7B-MoT holds 14.6 B parameters: 29.2 GB in bf16. Loading it onto a card that cannot hold it fails
+half-way, after minutes of reading. ``check_fits`` compares an estimate with the free memory first and
+refuses with a message that says what would fit. ``load_on_gpus`` splits the decoder layers over the
+available GPUs with accelerate, as the official app does: a decoder layer is never split, and every module
+whose output is written into the packed sequence (embeddings, connector, position tables, time embedder,
+vae2llm, llm2vae) sits on the device of ``embed_tokens``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import LoadedBagel, _load_tensors, _require_files, build, check_keys, read_config
+from .config import BagelConfig
+from .tokenizer import load_tokenizer
+
+GiB = 1024**3
+SAME_DEVICE_AS_EMBEDDINGS = ("time_embedder", "latent_pos_embed", "vae2llm", "llm2vae", "connector", "vit_pos_embed")
+NO_SPLIT = ["Qwen2MoTDecoderLayer", "SiglipEncoderLayer"]
+
+
+@dataclass
+class MemoryEstimate:
+    weights: int
+    kv_cache: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.activations
+
+    def __str__(self):
+        return (f"{self.total / GiB:.1f} GiB (weights {self.weights / GiB:.1f}, KV cache {self.kv_cache / GiB:.1f}, "
+                f"activations {self.activations / GiB:.1f})")
+
+
+def estimate_memory(cfg: BagelConfig, dtype: torch.dtype = torch.bfloat16, image_side: int = 1024,
+                    context_tokens: int | None = None, cfg_branches: int = 3) -> MemoryEstimate:
+    """Rough GPU memory of one generation: weights + cached contexts + the activations of one CFG step.
+
+    The default context is an editing request at ``image_side``: a VAE and a ViT block plus 100 text tokens.
+    """
+    model, _ = build(cfg, device="meta")
+    size = torch.finfo(dtype).bits // 8
+    weights = sum(p.numel() for p in model.parameters()) * size
+    llm = cfg.llm
+    latent_tokens = (image_side // cfg.latent_downsample) ** 2
+    vit_tokens = (min(image_side, cfg.vit_max_num_patch_per_side * cfg.vit.patch_size) // cfg.vit.patch_size) ** 2
+    context_tokens = context_tokens if context_tokens is not None else latent_tokens + vit_tokens + 4 + 100
+    per_token_kv = llm.num_hidden_layers * 2 * llm.num_key_value_heads * llm.head_dim * size
+    kv = per_token_kv * context_tokens * cfg_branches * 2  # the contexts, and their padded stack for batching
+    query = cfg_branches * (latent_tokens + 2)
+    # one layer's live tensors for the query block: hidden states, q/k/v/o, and the MLP's three wide tensors
+    activations = query * (6 * llm.hidden_size + 3 * llm.intermediate_size) * size * 2
+    return MemoryEstimate(weights, kv, activations)
+
+
+def free_gpu_memory() -> dict[int, int]:
+    """Free bytes on each visible CUDA device."""
+    return {i: torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())}
+
+
+def check_fits(estimate: MemoryEstimate, free: dict[int, int], margin: float = 1.1) -> None:
+    """Raise ``MemoryError`` naming the numbers and the ways out, when ``estimate`` exceeds the free memory."""
+    have = sum(free.values())
+    need = estimate.total * margin
+    if not free:
+        raise MemoryError("no CUDA device is visible: the full model needs a GPU (the micro model runs on CPU)")
+    if need > have:
+        cards = ", ".join(f"cuda:{i} {b / GiB:.1f} GiB" for i, b in free.items())
+        raise MemoryError(
+            f"BAGEL needs about {need / GiB:.1f} GiB on the GPU ({estimate}, +{(margin - 1) * 100:.0f}% margin) but "
+            f"only {have / GiB:.1f} GiB is free ({cards}). Free memory, add GPUs, generate smaller images, or load "
+            "in 4 bits (pip install bitsandbytes; about 9 GiB of weights)."
+        )
+
+
+def device_map(model: torch.nn.Module, max_memory: dict) -> dict[str, int | str]:
+    """An accelerate device map: decoder layers whole, the packed-sequence writers with ``embed_tokens``."""
+    from accelerate import infer_auto_device_map
+
+    dmap = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=NO_SPLIT)
+    embed_key = next(k for k in dmap if "language_model.model.embed_tokens".startswith(k) or
+                     k.startswith("language_model.model.embed_tokens"))
+    embed_device = dmap[embed_key]
+    for name in SAME_DEVICE_AS_EMBEDDINGS:
+        for key in [k for k in dmap if k == name or k.startswith(name + ".")]:
+            dmap[key] = embed_device
+        if not any(k == name or k.startswith(name + ".") for k in dmap):
+            dmap[name] = embed_device
+    return dmap
+
+
+def load_on_gpus(folder: str | Path, dtype: torch.dtype = torch.bfloat16, max_memory: dict | None = None):
+    """Load an official folder across the visible GPUs (bf16), after checking that it fits.
+
+    Returns a ``LoadedBagel`` whose autoencoder stays on the CPU in float32, as in the official app.
+    """
+    from accelerate import dispatch_model
+
+    folder = Path(folder)
+    _require_files(folder)
+    cfg = read_config(folder)
+    free = free_gpu_memory()
+    check_fits(estimate_memory(cfg, dtype), free)
+    model, ae = build(cfg, device="meta")
+    check_keys(model, folder / "ema.safetensors")
+    check_keys(ae, folder / "ae.safetensors")
+    max_memory = max_memory or {i: int(b * 0.9) for i, b in free.items()}
+    dmap = device_map(model, max_memory)
+    state = _load_tensors(folder / "ema.safetensors", "cpu")
+    model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+    model = dispatch_model(model.eval(), device_map=dmap)
+    ae.load_state_dict(_load_tensors(folder / "ae.safetensors", "cpu"), strict=True, assign=True)
+    tokenizer, special = load_tokenizer(folder)
+    return LoadedBagel(model, ae.eval(), tokenizer, special, cfg, folder)

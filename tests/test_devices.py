@@ -1,0 +1,39 @@
+"""GPU placement, checked without a GPU: the memory estimate, the refusal, and the device map."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bagel_lite import config
+from bagel_lite.checkpoint import build
+from bagel_lite.devices import SAME_DEVICE_AS_EMBEDDINGS, GiB, MemoryEstimate, check_fits, device_map, estimate_memory
+
+
+def test_full_model_bf16_weights_are_about_29_gb():
+    e = estimate_memory(config.full(), torch.bfloat16)
+    assert e.weights == 14_607_260_128 * 2
+    assert 0 < e.kv_cache < e.weights and 0 < e.activations < e.weights
+    # 56 KiB of keys and values per cached token in bf16 (spec section 14)
+    llm = config.full().llm
+    assert llm.num_hidden_layers * 2 * llm.num_key_value_heads * llm.head_dim * 2 == 56 * 1024
+
+
+def test_refuses_clearly_when_it_does_not_fit():
+    e = MemoryEstimate(weights=30 * GiB, kv_cache=1 * GiB, activations=2 * GiB)
+    with pytest.raises(MemoryError, match=r"needs about 36\.3 GiB.*only 24\.0 GiB is free.*4 bits"):
+        check_fits(e, {0: 24 * GiB})
+    check_fits(e, {0: 24 * GiB, 1: 24 * GiB})  # two cards together are enough
+    with pytest.raises(MemoryError, match="no CUDA device"):
+        check_fits(e, {})
+
+
+def test_device_map_keeps_layers_whole_and_writers_with_the_embedding():
+    model, _ = build(config.full(), device="meta")
+    dmap = device_map(model, {0: "18GiB", 1: "18GiB", "cpu": "200GiB"})
+    layer_keys = [k for k in dmap if k.startswith("language_model.model.layers.")]
+    assert all(k.count(".") == 3 for k in layer_keys), "a decoder layer was split across devices"
+    assert {dmap[k] for k in layer_keys} >= {0, 1}, "the layers should spread over both GPUs"
+    embed = dmap["language_model.model.embed_tokens"]
+    for name in SAME_DEVICE_AS_EMBEDDINGS:
+        assert {v for k, v in dmap.items() if k == name or k.startswith(name + ".")} == {embed}
