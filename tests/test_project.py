@@ -1,0 +1,40 @@
+"""The project's own promises: README numbers, one dependency list, CI runs the README's command."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+from conftest import REPO
+
+from bagel_lite import config
+from bagel_lite.checkpoint import build
+
+
+def test_readme_parameter_counts_are_the_computed_ones():
+    readme = (REPO / "README.md").read_text()
+    counts = build(config.full(), device="meta")[0].num_parameters()
+    for key in ("total", "language_model", "generation_expert", "active_understanding_token",
+                "active_generation_token", "vit_and_connector"):
+        assert f"{counts[key]:,}" in readme, f"README lacks the {key} count {counts[key]:,}"
+
+
+def test_environment_yml_installs_the_package_extras_only():
+    env = (REPO / "environment.yml").read_text()
+    pip_lines = [line.strip()[2:] for line in env.splitlines() if line.strip().startswith("- -")]
+    assert "--constraint constraints/cpu.txt" in pip_lines
+    assert any(re.fullmatch(r"--editable \.\[[a-z,]+\]", line) for line in pip_lines)
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    used = re.search(r"--editable \.\[([a-z,]+)\]", env).group(1).split(",")
+    assert set(used) <= set(extras)
+
+
+def test_cpu_constraint_pins_torch_and_the_package_stays_loose():
+    assert "torch==2.13.0" in (REPO / "constraints/cpu.txt").read_text()
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.startswith("torch>=") for d in deps)
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (REPO / ".ci/run").read_text()
+    assert "`make test`" in (REPO / "README.md").read_text()
