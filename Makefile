@@ -21,17 +21,20 @@ $(VENV)/.installed: pyproject.toml $(PIP_CONSTRAINTS)
 	touch $@
 
 test: setup
-	$(VENV)/bin/ruff check bagel_lite tests benchmarks
+	$(VENV)/bin/ruff check bagel_lite tests benchmarks scripts
 	$(PY) -m pytest
 
 workbook: setup
 	$(VENV)/bin/jupyter lab notebooks/
 
+figures: setup
+	$(PY) scripts/make_figures.py
+
 benchmark: setup
 	$(PY) benchmarks/inference_speed.py
 
 lint: setup
-	$(VENV)/bin/ruff check bagel_lite tests benchmarks
+	$(VENV)/bin/ruff check bagel_lite tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

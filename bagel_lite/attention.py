@@ -121,13 +121,52 @@ def flex_block_mask(sample_lens, split_lens, attn_modes, device="cpu", block_siz
                              BLOCK_SIZE=block_size)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+class PackedMask:
+    """The packed-sequence mask, applied sample by sample (what the official trainer does with one SDPA call
+    per sample): tokens of a packed sequence are gathered into a (samples, longest) grid, attended with each
+    sample's own (longest x longest) mask, and scattered back. Same result as the dense (L, L) mask, without
+    computing the scores between samples that the mask would throw away.
+    """
+
+    def __init__(self, sample_lens, split_lens, attn_modes, device=None):
+        self.length = sum(sample_lens)
+        longest = max(sample_lens)
+        grid = torch.zeros(len(sample_lens), longest, dtype=torch.long)  # (S, longest): packed index per slot
+        valid = torch.zeros(len(sample_lens), longest, dtype=torch.bool)
+        masks = torch.zeros(len(sample_lens), 1, longest, longest, dtype=torch.bool)
+        start, i = 0, 0
+        for s, n in enumerate(sample_lens):
+            lens, modes = [], []
+            while sum(lens) < n:
+                lens.append(split_lens[i])
+                modes.append(attn_modes[i])
+                i += 1
+            grid[s, :n] = torch.arange(start, start + n)
+            valid[s, :n] = True
+            masks[s, 0, :n, :n] = sample_allowed(lens, modes)
+            masks[s, 0, n:, n:] = torch.eye(longest - n, dtype=torch.bool)  # padding rows see themselves
+            start += n
+        self.grid, self.valid, self.masks = grid.to(device), valid.to(device), masks.to(device)
+
+    def attend(self, q, k, v):
+        """q: (1, Hq, L, d); k, v: (1, Hkv, L, d) of a packed sequence -> (1, Hq, L, d)."""
+        def per_sample(t):  # (1, H, L, d) -> (S, H, longest, d)
+            return t[0][:, self.grid].transpose(0, 1)
+
+        out = attend(per_sample(q), per_sample(k), per_sample(v), self.masks)  # (S, Hq, longest, d)
+        packed = out.transpose(0, 1)[:, self.valid]  # (Hq, L, d): the valid slots, in packed order
+        return packed[None]
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed=None) -> torch.Tensor:
     """Softmax attention with grouped-query heads.
 
     q: (B, Hq, Lq, d); k, v: (B, Hkv, Lk, d) with Hq a multiple of Hkv (query head j reads KV head
     j // (Hq/Hkv)); allowed: boolean, broadcastable to (B, Hq, Lq, Lk), True = may attend, or None for
-    full attention. Returns (B, Hq, Lq, d). Scale 1/sqrt(d).
+    full attention, or a ``PackedMask``. Returns (B, Hq, Lq, d). Scale 1/sqrt(d).
     """
+    if isinstance(allowed, PackedMask):
+        return allowed.attend(q, k, v)
     groups = q.shape[1] // k.shape[1]
     if groups > 1:
         k = k.repeat_interleave(groups, dim=1)  # (B, Hq, Lk, d)

@@ -1,12 +1,14 @@
 """Deterministic, explainable checks of micro-world images.
 
-``detect`` reads a 64x64 image back into a scene with four pixel rules a learner can verify by eye:
+``detect`` reads a 64x64 image back into a scene with rules a learner can verify by eye:
 
-* object pixels: those far enough from the white background;
-* colour: the palette colour nearest to the mean colour of the object pixels;
-* position: the anchor (left, right, top, bottom, center) nearest to the centroid;
-* size and shape: the object's area (small vs large) and how much of its bounding box it fills
-  (a square fills ~100 %, a circle ~79 %, a triangle ~50 %).
+* object pixels: those far from the white background; the shape's *core* is where that distance is at least
+  half its maximum (this ignores the soft halo a decoder leaves around edges);
+* colour: the palette colour nearest to the median colour of the core;
+* position: the anchor (left, right, top, bottom, center) nearest to the core's centroid;
+* shape: template matching — a circle, a square and a triangle of the core's area are drawn at its
+  centroid, and the one overlapping the core best (intersection over union) wins;
+* size: whether the core's area is nearer (in ratio) to that shape's small or large area.
 """
 
 from __future__ import annotations
@@ -14,39 +16,56 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from .world import COLORS, POSITIONS, SIZES, Scene, to_array
+from .world import COLORS, POSITIONS, SHAPES, SIZE, SIZES, Scene, draw_shape, to_array
 
-OBJECT_THRESHOLD = 90  # summed |RGB - white| above which a pixel belongs to the object
-MIN_PIXELS = 12  # fewer object pixels than this: the canvas is empty
+PRESENT_THRESHOLD = 90  # summed |RGB - white| above which a pixel is not background
+MIN_PIXELS = 12  # fewer such pixels: the canvas is empty
+AREA_PER_R2 = {"circle": np.pi, "square": 3.24, "triangle": 2.0}  # area / r^2 of each drawn shape
+
+
+def _mask(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
+    canvas = Image.new("L", (SIZE, SIZE), 0)
+    if shape == "triangle":
+        cy -= r / 3  # the drawing is centred on the bounding box; the centroid sits r/3 lower
+    draw_shape(ImageDraw.Draw(canvas), shape, cx, cy, r, 255)
+    return np.asarray(canvas) > 0
+
+
+def _area(shape: str, size: str) -> int:
+    return int(_mask(shape, 32, 32, SIZES[size]).sum())
 
 
 @dataclass(frozen=True)
 class Detection:
     scene: Scene
-    pixels: int  # object pixels found
-    fill: float  # object area / bounding-box area
+    pixels: int  # core pixels
+    iou: float  # overlap of the core with the winning template
 
 
 def detect(image: Image.Image) -> Detection:
     arr = to_array(image).astype(np.float64)  # (64, 64, 3)
-    mask = np.abs(arr - 255.0).sum(-1) > OBJECT_THRESHOLD
-    n = int(mask.sum())
-    if n < MIN_PIXELS:
-        return Detection(Scene(None), n, 0.0)
-    mean = arr[mask].mean(0)
-    color = min(COLORS, key=lambda c: float(((np.array(COLORS[c]) - mean) ** 2).sum()))
-    ys, xs = np.nonzero(mask)
+    dist = np.abs(arr - 255.0).sum(-1)  # (64, 64) distance from white
+    if int((dist > PRESENT_THRESHOLD).sum()) < MIN_PIXELS:
+        return Detection(Scene(None), 0, 0.0)
+    core = dist >= 0.5 * dist.max()
+    n = int(core.sum())
+    median = np.median(arr[core], axis=0)
+    color = min(COLORS, key=lambda c: float(((np.array(COLORS[c]) - median) ** 2).sum()))
+    ys, xs = np.nonzero(core)
     cy, cx = ys.mean(), xs.mean()
     position = min(POSITIONS, key=lambda p: (POSITIONS[p][0] - cx) ** 2 + (POSITIONS[p][1] - cy) ** 2)
-    box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
-    fill = n / box
-    shape = "square" if fill > 0.9 else "circle" if fill > 0.64 else "triangle"
-    # area of a small vs a large circle: pi * 7^2 ~ 154, pi * 12^2 ~ 452; split on the geometric mean
-    split = np.pi * SIZES["small"] * SIZES["large"]
-    size = "large" if n > split else "small"
-    return Detection(Scene(shape, color, position, size), n, fill)
+
+    def iou(shape):
+        template = _mask(shape, cx, cy, float(np.sqrt(n / AREA_PER_R2[shape])))
+        return (template & core).sum() / max((template | core).sum(), 1)
+
+    scores = {shape: iou(shape) for shape in SHAPES}
+    shape = max(scores, key=scores.get)
+    small, large = _area(shape, "small"), _area(shape, "large")
+    size = "large" if n > np.sqrt(small * large) else "small"
+    return Detection(Scene(shape, color, position, size), n, float(scores[shape]))
 
 
 def matches(image: Image.Image, target: Scene, attributes=("shape", "color", "position", "size")) -> dict:
@@ -55,3 +74,58 @@ def matches(image: Image.Image, target: Scene, attributes=("shape", "color", "po
     if target.empty:
         return {"empty": found.empty}
     return {a: getattr(found, a) == getattr(target, a) for a in attributes}
+
+
+# --- scoring a model --------------------------------------------------------------------------------------
+
+def evaluate_model(pipe, n_t2i: int = 60, n_vqa: int = 120, n_edit: int = 60, seed: int = 10_000,
+                   num_timesteps: int = 50, progress: bool = True) -> dict:
+    """Held-out accuracy of a micro model (scenes drawn with a seed the training never uses).
+
+    t2i: the generated image shows the caption's colour / position / shape / size.
+    vqa: the answer equals the true attribute.  edit: the edited image shows every attribute of the target
+    (for "remove": an empty canvas). Official sampler defaults, ``num_timesteps`` grid points.
+    """
+    import random
+
+    from tqdm.auto import tqdm
+
+    from .world import caption, edit, question_answer, random_scene, render
+
+    rng = random.Random(seed)
+    t2i = {"color": 0, "position": 0, "shape": 0, "size": 0}
+    for i in tqdm(range(n_t2i), desc="text-to-image", disable=not progress, leave=False):
+        scene = random_scene(rng)
+        out = pipe.generate(caption(scene), seed=seed + i, num_timesteps=num_timesteps, progress=False)
+        for k, ok in matches(out.image, scene).items():
+            t2i[k] += ok
+    vqa, by_kind = 0, {}
+    for _ in tqdm(range(n_vqa), desc="questions", disable=not progress, leave=False):
+        scene = random_scene(rng)
+        kind, question, answer = question_answer(scene, rng)
+        got = pipe.answer(render(scene), question, max_tokens=8).strip()
+        vqa += got == answer
+        by_kind.setdefault(kind, []).append(got == answer)
+    edits, edit_by_kind = 0, {}
+    for i in tqdm(range(n_edit), desc="editing", disable=not progress, leave=False):
+        kind, source, instruction, target = edit(random_scene(rng), rng)
+        out = pipe.edit(render(source), instruction, seed=seed + i, num_timesteps=num_timesteps, progress=False)
+        ok = all(matches(out.image, target).values())
+        edits += ok
+        edit_by_kind.setdefault(kind, []).append(ok)
+    return {
+        "t2i_color_acc": t2i["color"] / n_t2i,
+        "t2i_position_acc": t2i["position"] / n_t2i,
+        "t2i_shape_acc": t2i["shape"] / n_t2i,
+        "t2i_size_acc": t2i["size"] / n_t2i,
+        "vqa_acc": vqa / n_vqa,
+        **{f"vqa_{k}_acc": sum(v) / len(v) for k, v in sorted(by_kind.items())},
+        "edit_success": edits / n_edit,
+        **{f"edit_{k}_success": sum(v) / len(v) for k, v in sorted(edit_by_kind.items())},
+    }
+
+
+def metrics_table(metrics: dict) -> str:
+    rows = [f"{'metric':<28}{'value':>8}", "-" * 36]
+    rows += [f"{k:<28}{v:>8.3f}" if isinstance(v, float) else f"{k:<28}{v!s:>8}" for k, v in metrics.items()]
+    return "\n".join(rows)

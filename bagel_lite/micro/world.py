@@ -55,28 +55,39 @@ class Scene:
 EMPTY = Scene(None)
 
 
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
+    """Draw one shape of half-width ``r`` whose bounding box is centred on (cx, cy)."""
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif shape == "square":
+        s = round(r * 0.9)  # a little smaller, so a square looks as big as the circle
+        draw.rectangle([cx - s, cy - s, cx + s, cy + s], fill=fill)
+    else:  # a triangle pointing up
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+
+
 def render(scene: Scene) -> Image.Image:
     """Draw a scene as a 64x64 RGB image."""
     image = Image.new("RGB", (SIZE, SIZE), BACKGROUND)
-    if scene.empty:
-        return image
-    draw = ImageDraw.Draw(image)
-    cx, cy = POSITIONS[scene.position]
-    cx, cy = cx + scene.jitter[0], cy + scene.jitter[1]
-    r, fill = SIZES[scene.size], COLORS[scene.color]
-    if scene.shape == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-    elif scene.shape == "square":
-        s = round(r * 0.9)  # a square of the same area feel as the circle
-        draw.rectangle([cx - s, cy - s, cx + s, cy + s], fill=fill)
-    else:  # triangle pointing up
-        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    if not scene.empty:
+        cx, cy = POSITIONS[scene.position]
+        draw_shape(ImageDraw.Draw(image), scene.shape, cx + scene.jitter[0], cy + scene.jitter[1],
+                   SIZES[scene.size], COLORS[scene.color])
     return image
+
+
+JITTER = (-2, 0, 2)  # pixels of offset from a position's anchor, per axis
 
 
 def random_scene(rng: random.Random) -> Scene:
     return Scene(rng.choice(SHAPES), rng.choice(list(COLORS)), rng.choice(list(POSITIONS)), rng.choice(list(SIZES)),
-                 (rng.randint(-3, 3), rng.randint(-3, 3)))
+                 (rng.choice(JITTER), rng.choice(JITTER)))
+
+
+def all_scenes() -> list[Scene]:
+    """Every scene the world can draw (the empty canvas first): 1 + 3 * 6 * 5 * 2 * 9 = 1621."""
+    return [EMPTY] + [Scene(sh, c, p, sz, (dx, dy)) for sh in SHAPES for c in COLORS for p in POSITIONS
+                      for sz in SIZES for dx in JITTER for dy in JITTER]
 
 
 def caption(scene: Scene, rng: random.Random | None = None) -> str:

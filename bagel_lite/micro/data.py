@@ -1,0 +1,108 @@
+"""Micro-BAGEL's model size, tokenizer and training samples.
+
+The micro model is BAGEL with every width shrunk: a 4-layer MoT decoder of width 128, a 2-layer ViT on
+16-pixel patches, a FLUX-family autoencoder of width 32, 64x64 images. Its tokenizer is a byte-level BPE
+trained on the micro world's sentences and stored in Qwen2's file format (``vocab.json`` + ``merges.txt``),
+so the standard loader reads it like the real one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..config import AEConfig, BagelConfig, LLMConfig, ViTConfig
+from ..tokenizer import BOS, EOS, VISION_END, VISION_START, add_special_tokens
+from ..training import Text, VaeImage, VitImage
+from ..transforms import ImageTransform
+from .world import SIZE, caption, corpus, edit, question_answer, random_scene, render
+
+
+def micro_config(vocab_size: int) -> BagelConfig:
+    return BagelConfig(
+        llm=LLMConfig(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=1024),
+        vit=ViTConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                      patch_size=16, image_size=SIZE),
+        vae=AEConfig(ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1),
+        max_latent_size=SIZE // 16,
+        vit_max_num_patch_per_side=SIZE // 16,
+    )
+
+
+def micro_transform() -> ImageTransform:
+    """Both towers see 64x64 images: 4x4 ViT patches of 16 px, 4x4 latent tokens of 16 px."""
+    return ImageTransform(SIZE, SIZE, 16)
+
+
+def build_tokenizer(vocab_size: int = 384):
+    """Train a byte-level BPE on the world's sentences; return a Qwen2Tokenizer with BAGEL's markers."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    texts = sorted(set(corpus()))
+    bpe.train_from_iterator(texts * 4, trainer)
+    with tempfile.TemporaryDirectory() as tmp:
+        bpe.model.save(tmp)  # vocab.json + merges.txt, Qwen2's files
+        vocab = json.loads((Path(tmp) / "vocab.json").read_text())
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+        tokenizer = Qwen2Tokenizer.from_pretrained(tmp)
+    special = add_special_tokens(tokenizer)
+    assert tokenizer.convert_ids_to_tokens([special.bos, special.eos]) == [BOS, EOS]
+    assert tokenizer.convert_ids_to_tokens([special.start_of_image]) == [VISION_START]
+    assert tokenizer.convert_ids_to_tokens([special.end_of_image]) == [VISION_END]
+    return tokenizer, special
+
+
+# --- samples ----------------------------------------------------------------------------------------------
+
+TASKS = ("t2i", "vqa", "edit")
+
+
+class SampleMaker:
+    """Turns random scenes into training samples (lists of items) for the three tasks.
+
+    ``latent_of(scene)`` returns a *sampled, scaled* latent (16, 8, 8) of the scene's image (train.py reads it
+    from a precomputed posterior table); ViT pixels are rendered directly.
+    """
+
+    def __init__(self, tokenizer, latent_of, transform: ImageTransform | None = None):
+        self.tokenizer, self.latent_of = tokenizer, latent_of
+        self.transform = transform or micro_transform()
+
+    def ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def pixels(self, scene) -> torch.Tensor:
+        return self.transform(render(scene))  # (3, 64, 64)
+
+    def t2i(self, rng: random.Random) -> list:
+        scene = random_scene(rng)
+        return [Text(self.ids(caption(scene, rng)), drop_prob=0.1), VaeImage(self.latent_of(scene), noisy=True)]
+
+    def vqa(self, rng: random.Random) -> list:
+        scene = random_scene(rng)
+        _, question, answer = question_answer(scene, rng)
+        return [VitImage(self.pixels(scene)), Text(self.ids(question)), Text(self.ids(answer), loss=True)]
+
+    def edit(self, rng: random.Random) -> list:
+        _, source, instruction, target = edit(random_scene(rng), rng)
+        return [VaeImage(self.latent_of(source), drop_prob=0.3), VitImage(self.pixels(source), drop_prob=0.3),
+                Text(self.ids(instruction), drop_prob=0.1), VaeImage(self.latent_of(target), noisy=True)]
+
+    def sample(self, task: str, rng: random.Random) -> list:
+        return getattr(self, task)(rng)
+
+
+def image_batch(scenes, transform: ImageTransform | None = None) -> torch.Tensor:
+    """Render scenes into a (B, 3, 64, 64) batch in [-1, 1]."""
+    transform = transform or micro_transform()
+    return torch.stack([transform(render(s)) for s in scenes])

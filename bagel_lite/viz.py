@@ -1,0 +1,100 @@
+"""Small plotting helpers shared by the notebooks (matplotlib only).
+
+``save_figure`` writes a figure into ``figures/`` when the environment variable ``BAGEL_LITE_FIGURES`` names
+a folder (``make figures`` sets it and runs every notebook), so the README's pictures are always made by code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+MODE_COLORS = {"causal": "#4c72b0", "full": "#55a868", "noise": "#c44e52"}
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, name: str) -> Path | None:
+    """Save ``fig`` as ``<BAGEL_LITE_FIGURES>/<name>.png`` if that variable is set; return the path."""
+    folder = os.environ.get("BAGEL_LITE_FIGURES")
+    if not folder:
+        return None
+    path = Path(folder) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def to_image(x) -> Image.Image:
+    """A PIL image, a (3, H, W) tensor in [-1, 1], or an (H, W, 3) uint8 array -> PIL image."""
+    if isinstance(x, Image.Image):
+        return x
+    if isinstance(x, torch.Tensor):
+        from .transforms import tensor_to_pil
+
+        return tensor_to_pil(x)
+    return Image.fromarray(np.asarray(x))
+
+
+def show_images(images, titles=None, ncols: int | None = None, size: float = 2.2, suptitle: str | None = None):
+    """A row (or grid) of images with optional titles. Returns the figure."""
+    plt = _plt()
+    images = [to_image(im) for im in images]
+    ncols = ncols or len(images)
+    nrows = (len(images) + ncols - 1) // ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, im in enumerate(images):
+        ax = axes.flat[i]
+        ax.imshow(im, interpolation="nearest")
+        if titles:
+            ax.set_title(titles[i], fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def draw_patch_grid(ax, image, patch: int, ids=None, fontsize: float = 6):
+    """Show ``image`` on ``ax`` with its patch grid, optionally writing each patch's position id."""
+    im = to_image(image)
+    ax.imshow(im, interpolation="nearest")
+    w, h = im.size
+    for x in range(0, w + 1, patch):
+        ax.axvline(x - 0.5, color="white", lw=0.6)
+    for y in range(0, h + 1, patch):
+        ax.axhline(y - 0.5, color="white", lw=0.6)
+    if ids is not None:
+        cols = w // patch
+        for k, pid in enumerate(ids.tolist()):
+            r, c = divmod(k, cols)
+            ax.text(c * patch + patch / 2, r * patch + patch / 2, str(pid), ha="center", va="center",
+                    fontsize=fontsize, color="black", bbox=dict(boxstyle="round,pad=0.1", fc="white", alpha=0.7, lw=0))
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_mask(ax, allowed: torch.Tensor, split_lens=None, attn_modes=None, title: str | None = None):
+    """Draw a boolean attention mask (rows = queries, columns = keys), with split boundaries and modes."""
+    ax.imshow(allowed.float().numpy(), cmap="Greys", vmin=0, vmax=1.3, interpolation="nearest")
+    if split_lens:
+        edge = -0.5
+        for n, mode in zip(split_lens, attn_modes):
+            ax.add_patch(_plt().Rectangle((edge, -1.6), n, 1.0, color=MODE_COLORS[mode], clip_on=False))
+            ax.text(edge + n / 2, -1.1, mode, ha="center", va="center", fontsize=7, color="white")
+            edge += n
+            ax.axvline(edge, color="#999", lw=0.5)
+            ax.axhline(edge, color="#999", lw=0.5)
+    ax.set_xlabel("key (is looked at)")
+    ax.set_ylabel("query (looks)")
+    if title:
+        ax.set_title(title, pad=14)

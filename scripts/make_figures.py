@@ -1,0 +1,39 @@
+"""Regenerate figures/ by executing every notebook with BAGEL_LITE_FIGURES pointing there.
+
+    python scripts/make_figures.py            # all notebooks
+    python scripts/make_figures.py 02 04      # notebooks whose names start with these prefixes
+
+Each notebook saves its figures with ``bagel_lite.viz.save_figure``; nothing is drawn by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(prefixes: list[str]) -> None:
+    os.environ["BAGEL_LITE_FIGURES"] = str(ROOT / "figures")
+    os.environ.pop("MPLBACKEND", None)
+    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    if prefixes:
+        notebooks = [nb for nb in notebooks if any(nb.name.startswith(p) for p in prefixes)]
+    for path in notebooks:
+        start = time.time()
+        nb = nbformat.read(path, as_version=4)
+        client = NotebookClient(nb, timeout=600, kernel_name="python3",
+                                resources={"metadata": {"path": str(path.parent)}})
+        client.execute()
+        print(f"{path.name:<40} {time.time() - start:5.1f} s")
+    print("figures in", ROOT / "figures")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
