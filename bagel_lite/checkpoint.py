@@ -6,6 +6,7 @@ A folder holds::
     ema.safetensors   the Bagel state dict        ae.safetensors    the FLUX autoencoder
     vocab.json, merges.txt (+ other tokenizer files)
     ae_config.json    optional: only for a non-FLUX autoencoder (the official loader hard-codes FLUX's)
+    bagel_config.json optional: BagelConfig values the official app hard-codes (table sizes, patch size)
 
 ``load_bagel(folder)`` reads it strictly: a missing file, a missing or unexpected key, a wrong shape or an
 unreadable (truncated) file raises ``CheckpointError`` naming the file, the keys and what to do. The model is
@@ -38,6 +39,8 @@ from .config import (
 )
 from .tokenizer import SpecialTokens, load_tokenizer
 
+BAGEL_EXTRA_FIELDS = ("latent_patch_size", "max_latent_size", "vit_max_num_patch_per_side", "connector_act",
+                      "interpolate_pos")
 REQUIRED_FILES = ("llm_config.json", "vit_config.json", "ema.safetensors", "ae.safetensors")
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
@@ -77,12 +80,14 @@ def _read_json(path: Path) -> dict:
 def read_config(folder: str | Path) -> BagelConfig:
     """The BagelConfig of a folder, with the official app's adjustments (QK-norm, MoT, ViT depth - 1)."""
     folder = Path(folder)
-    ae_json = folder / "ae_config.json"
+    ae_json, bagel_json = folder / "ae_config.json", folder / "bagel_config.json"
     try:
+        extra = _read_json(bagel_json) if bagel_json.is_file() else {}
         return BagelConfig(
             llm=llm_from_json(_read_json(folder / "llm_config.json")),
             vit=vit_from_json(_read_json(folder / "vit_config.json")),
             vae=ae_from_json(_read_json(ae_json)) if ae_json.is_file() else AEConfig(),
+            **{k: v for k, v in extra.items() if k in BAGEL_EXTRA_FIELDS},
         )
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"the configs in {folder} are not usable: {e}") from e
@@ -183,6 +188,8 @@ def save_bagel(folder: str | Path, model: Bagel, ae: AutoEncoder, tokenizer) -> 
     (folder / "llm_config.json").write_text(json.dumps(llm_to_json(cfg.llm), indent=2))
     (folder / "vit_config.json").write_text(json.dumps(vit_to_json(cfg.vit), indent=2))
     (folder / "ae_config.json").write_text(json.dumps(ae_to_json(ae.config), indent=2))
+    extra = {k: getattr(cfg, k) for k in BAGEL_EXTRA_FIELDS}
+    (folder / "bagel_config.json").write_text(json.dumps(extra, indent=2))
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
               str(folder / "ema.safetensors"))
     save_file({k: v.detach().contiguous().cpu() for k, v in ae.state_dict().items()}, str(folder / "ae.safetensors"))

@@ -78,7 +78,7 @@ def matches(image: Image.Image, target: Scene, attributes=("shape", "color", "po
 
 # --- scoring a model --------------------------------------------------------------------------------------
 
-def evaluate_model(pipe, n_t2i: int = 60, n_vqa: int = 120, n_edit: int = 60, seed: int = 10_000,
+def evaluate_model(pipe, n_t2i: int = 40, n_vqa: int = 120, n_edit: int = 40, seed: int = 10_000,
                    num_timesteps: int = 50, progress: bool = True) -> dict:
     """Held-out accuracy of a micro model (scenes drawn with a seed the training never uses).
 

@@ -38,10 +38,10 @@ class TrainSettings:
     ae_steps: int = 600
     ae_batch: int = 8
     ae_lr: float = 3e-3
-    steps: int = 2500
+    steps: int = 3000
     samples_per_step: int = 24
-    task_weights: tuple[float, float, float] = (0.4, 0.25, 0.35)  # t2i, vqa, edit
-    lr: float = 1e-3
+    task_weights: tuple[float, float, float] = (0.2, 0.35, 0.45)  # t2i, vqa, edit
+    lr: float = 1.5e-3
     warmup: int = 100
     ema: float = 0.995
     timestep_shift: float = 1.0
@@ -176,8 +176,12 @@ def train_bagel(model: Bagel, tokenizer, special, table, ae_cfg, s: TrainSetting
 
 # --- the command ------------------------------------------------------------------------------------------
 
-def train(out: Path, s: TrainSettings, log=print, evaluate_fn=None) -> dict:
-    """Train the autoencoder and micro-BAGEL from scratch; write an official-layout folder to ``out``."""
+def train(out: Path, s: TrainSettings, log=print, eval_every: int = 0) -> dict:
+    """Train the autoencoder and micro-BAGEL from scratch; write an official-layout folder to ``out``.
+
+    With ``eval_every`` > 0 a quick evaluation of the EMA model is printed every that many steps (its time is
+    included in the reported training time).
+    """
     if s.threads:
         torch.set_num_threads(s.threads)
     torch.manual_seed(s.seed)
@@ -199,8 +203,19 @@ def train(out: Path, s: TrainSettings, log=print, evaluate_fn=None) -> dict:
     for p in ae.parameters():
         p.requires_grad_(False)
 
+    def quick_eval(ema_model, step):
+        from ..pipeline import Pipeline
+        from .data import micro_transform
+        from .evaluate import evaluate_model
+
+        pipe = Pipeline(ema_model, ae, tokenizer, special, micro_transform(), micro_transform())
+        m = evaluate_model(pipe, n_t2i=12, n_vqa=40, n_edit=12, num_timesteps=20, progress=False)
+        log(f"  eval at step {step}: " + "  ".join(f"{k} {m[k]:.2f}" for k in
+                                                  ("t2i_color_acc", "t2i_position_acc", "vqa_acc", "edit_success")))
+
     t1 = time.time()
-    ema = train_bagel(model, tokenizer, special, table, ae.config, s, log)
+    ema = train_bagel(model, tokenizer, special, table, ae.config, s, log, on_eval=quick_eval if eval_every else None,
+                      eval_every=eval_every)
     log(f"micro-BAGEL: {time.time() - t1:.0f} s")
     save_bagel(out, ema, ae, tokenizer)
     stats = {"seed": s.seed, "train_seconds": round(time.time() - t0, 1), "ae_reconstruction_error": round(rec, 3),

@@ -106,9 +106,10 @@ QUESTIONS = {
 }
 
 
-def question_answer(scene: Scene, rng: random.Random) -> tuple[str, str, str]:
-    """(kind, question, one-word answer) about a non-empty scene."""
-    kind = rng.choice(list(QUESTIONS))
+def question_answer(scene: Scene, rng: random.Random, weights: dict | None = None) -> tuple[str, str, str]:
+    """(kind, question, one-word answer) about a non-empty scene; ``weights`` favour some kinds of question."""
+    kinds = list(QUESTIONS)
+    kind = rng.choices(kinds, weights=[weights[k] for k in kinds])[0] if weights else rng.choice(kinds)
     answer = {"color": scene.color, "shape": scene.shape, "position": scene.position, "size": scene.size}[kind]
     return kind, QUESTIONS[kind].format(shape=scene.shape), answer
 
