@@ -95,10 +95,10 @@ class Pipeline(Engine):
 
     @torch.no_grad()
     def run(self, items: list, *, think: bool = False, understanding_output: bool = False,
-                   max_think_tokens: int = 1000, do_sample: bool = False, temperature: float = 0.3,
-                   settings: ImageSettings = T2I_SETTINGS, image_shape: tuple[int, int] | None = None,
-                   generator: torch.Generator | None = None, init_noise: torch.Tensor | None = None,
-                   callback=None, batch_cfg: bool = True, progress: bool = True) -> InterleaveResult:
+            max_think_tokens: int = 1000, do_sample: bool = False, temperature: float = 0.3,
+            settings: ImageSettings = T2I_SETTINGS, image_shape: tuple[int, int] | None = None,
+            generator: torch.Generator | None = None, init_noise: torch.Tensor | None = None,
+            callback=None, batch_cfg: bool = True, progress: bool = True) -> InterleaveResult:
         """Read ``items`` (strings and PIL images, in order), then write text (``understanding_output``) or
         draw an image. Outputs: [answer] or [plan (think mode), image], with the raw ids and latents."""
         if not items:
@@ -112,7 +112,7 @@ class Pipeline(Engine):
         if think:
             system = VLM_THINK_SYSTEM_PROMPT if understanding_output else GEN_THINK_SYSTEM_PROMPT
             gen, cfg_img = self.add_text(gen, system), self.add_text(cfg_img, system)
-        shape = image_shape
+        input_shape = None  # (height, width) of the last input image: the size of an edit
         for item in items:
             if isinstance(item, str):
                 cfg_text = gen  # the context before this text: the text-unconditional branch
@@ -120,7 +120,7 @@ class Pipeline(Engine):
             else:
                 image = self.vae_transform.resize(pil_img2rgb(item))  # every input image: VAE resize first
                 gen = self.add_image(gen, image, vae=not understanding_output, vit=True, generator=generator)
-                shape = shape or (image.height, image.width)
+                input_shape = (image.height, image.width)
                 cfg_text = gen  # images are never added to cfg_img
         text_kw = dict(max_length=max_think_tokens, do_sample=do_sample, temperature=temperature,
                        generator=generator, progress=progress)
@@ -133,7 +133,7 @@ class Pipeline(Engine):
             plan = self.decode_text(ids)
             gen = self.add_text(gen, plan)  # the plan conditions only the full branch
             outputs.append(plan)
-        shape = tuple(shape or self.default_image_shape())
+        shape = tuple(image_shape or input_shape or self.default_image_shape())
         tokens = self.generate_image(shape, gen, cfg_text, cfg_img, settings, init_noise, generator, callback,
                                      batch_cfg, progress)
         outputs.append(self.decode_image(tokens, shape))

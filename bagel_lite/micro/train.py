@@ -5,7 +5,8 @@
    FLUX's 0.3611 / 0.1159 were, so that the latents the LLM sees have zero mean and unit variance.
 2. The posterior (mean, log-variance) of every possible scene is computed once; a training sample draws a
    fresh latent from it, as BAGEL encodes with a *sampled* posterior.
-3. ``train_bagel`` — BAGEL's recipe at small scale: samples of the three tasks packed into one sequence
+3. ``train_bagel`` — BAGEL's recipe at small scale: after a short alignment phase on questions about images
+   (BAGEL's stage 1 trains the image-to-LLM path first), samples of the three tasks packed into one sequence
    with causal / full / noise splits, cross-entropy on answers, MSE on flow-matching velocities with
    logit-normal timesteps, condition dropout for CFG; both experts and the ViT train together; AdamW with
    warm-up, and an EMA of the weights which is what gets saved (``ema.safetensors``).
@@ -38,7 +39,8 @@ class TrainSettings:
     ae_steps: int = 600
     ae_batch: int = 8
     ae_lr: float = 3e-3
-    steps: int = 3000
+    align_steps: int = 500  # first, understanding only (BAGEL's stage 1 aligns the image path to the LLM)
+    steps: int = 3000  # then all three tasks
     samples_per_step: int = 24
     task_weights: tuple[float, float, float] = (0.2, 0.35, 0.45)  # t2i, vqa, edit
     lr: float = 1.5e-3
@@ -144,13 +146,17 @@ def train_bagel(model: Bagel, tokenizer, special, table, ae_cfg, s: TrainSetting
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
     model.train()
-    bar = tqdm(range(s.steps), desc="micro-BAGEL", leave=False)
+    total = s.align_steps + s.steps
+    bar = tqdm(range(total), desc="micro-BAGEL", leave=False)
     start = time.time()
     for step in bar:
         seq = PackedSequence(special)
-        for task in rng.choices(TASKS, weights=s.task_weights, k=s.samples_per_step):
+        # Alignment first: reading *where* a shape is from the ViT tokens sits on a long plateau before it is
+        # learned; questions alone get over it quickly. Then the three tasks together.
+        weights = (0.0, 1.0, 0.0) if step < s.align_steps else s.task_weights
+        for task in rng.choices(TASKS, weights=weights, k=s.samples_per_step):
             seq.add_sample(maker.sample(task, rng), model, rng)
-        lr = s.lr * min(1.0, (step + 1) / s.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / s.steps)))
+        lr = s.lr * min(1.0, (step + 1) / s.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / total)))
         for group in opt.param_groups:
             group["lr"] = lr
         losses = packed_loss(model, seq, s.timestep_shift, gen)  # float32: at this width bf16 is slower on a CPU
@@ -165,7 +171,7 @@ def train_bagel(model: Bagel, tokenizer, special, table, ae_cfg, s: TrainSetting
                 pe.lerp_(pm, 1 - decay)
         if step % 10 == 0:
             bar.set_postfix(ce=f"{losses['ce'].item():.3f}", mse=f"{losses['mse'].item():.3f}")
-        if step % 250 == 0 or step == s.steps - 1:
+        if step % 250 == 0 or step == total - 1:
             log(f"step {step:5d}  ce {losses['ce'].item():.4f}  mse {losses['mse'].item():.4f}  "
                 f"lr {lr:.2e}  {time.time() - start:6.0f} s")
         if on_eval and eval_every and step and step % eval_every == 0:

@@ -1,0 +1,422 @@
+"""The playground: BAGEL's knobs as widgets, for classroom demos.
+
+    from bagel_lite.playground import Playground
+    Playground.micro()                       # micro-BAGEL on the CPU (default)
+    Playground.from_folder("BAGEL-7B-MoT")   # the full model on GPUs (bf16, split across all visible GPUs)
+
+Four tabs — text-to-image, editing, understanding, chat — with the official defaults of each. While an
+image is drawn the Generate button is disabled, a progress bar advances, a preview shows the decoded estimate
+of the clean image every few steps, and Stop ends the run cleanly between two steps. Every result shows its
+seed and settings and the one-line Python call that reproduces it.
+
+Generation runs in a worker thread so that the kernel can still hear the Stop button. Tests call the
+``*_clicked(wait=True)`` handlers directly and read ``last_result`` / ``message``.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from dataclasses import replace
+
+import torch
+from PIL import Image
+
+from .inference import EDIT_SETTINGS, T2I_SETTINGS, Context, GenerationStopped, ImageSettings
+from .pipeline import Generated, Pipeline
+from .transforms import pil_img2rgb
+
+LABELS = {
+    "en": {"t2i": "Text to image", "edit": "Edit", "und": "Understand", "chat": "Chat", "prompt": "Prompt",
+           "instruction": "Instruction", "question": "Question", "generate": "Generate", "stop": "Stop",
+           "answer": "Answer", "send": "Send", "reply_image": "reply with an image", "use_last": "use last image",
+           "think": "think first", "seed": "seed", "size": "size", "upload": "image", "reset": "new chat",
+           "sample": "sample text", "temperature": "temperature", "max_think": "max think tokens",
+           "stopped": "stopped at step {step}", "busy": "drawing ..."},
+    "zh": {"t2i": "文生图", "edit": "图像编辑", "und": "图像理解", "chat": "对话", "prompt": "提示词",
+           "instruction": "编辑指令", "question": "问题", "generate": "生成", "stop": "停止", "answer": "回答",
+           "send": "发送", "reply_image": "以图像回复", "use_last": "使用上一张图", "think": "先思考",
+           "seed": "随机种子", "size": "尺寸", "upload": "图像", "reset": "新对话", "sample": "采样文本",
+           "temperature": "温度", "max_think": "最大思考长度", "stopped": "已在第 {step} 步停止",
+           "busy": "生成中 ..."},
+}
+RATIOS = {"1:1": (1, 1), "4:3": (3, 4), "3:4": (4, 3), "16:9": (9, 16), "9:16": (16, 9)}  # (height, width) parts
+
+
+def to_png(image: Image.Image, scale: int = 1) -> bytes:
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def image_shape_for(ratio: str, side: int, step: int) -> tuple[int, int]:
+    """(height, width) of the ratio's image whose long side is ``side``, both multiples of ``step``."""
+    h, w = RATIOS[ratio]
+    long = max(h, w)
+    return max(step, round(side * h / long / step) * step), max(step, round(side * w / long / step) * step)
+
+
+class SamplerControls:
+    """The sampler sliders of one tab, with that tab's defaults."""
+
+    def __init__(self, defaults: ImageSettings, style, layout):
+        import ipywidgets as w
+
+        self.cfg_text = w.FloatSlider(value=defaults.cfg_text_scale, min=0, max=8, step=0.5,
+                                      description="cfg_text_scale", style=style, layout=layout)
+        self.cfg_img = w.FloatSlider(value=defaults.cfg_img_scale, min=0, max=4, step=0.25,
+                                     description="cfg_img_scale", style=style, layout=layout)
+        self.interval = w.FloatRangeSlider(value=defaults.cfg_interval, min=0, max=1, step=0.05,
+                                           description="cfg_interval", style=style, layout=layout)
+        self.shift = w.FloatSlider(value=defaults.timestep_shift, min=0.5, max=10, step=0.5,
+                                   description="timestep_shift", style=style, layout=layout)
+        self.steps = w.IntSlider(value=defaults.num_timesteps, min=2, max=100, description="num_timesteps",
+                                 style=style, layout=layout)
+        self.renorm = w.Dropdown(options=["global", "channel", "text_channel"], value=defaults.cfg_renorm_type,
+                                 description="cfg_renorm_type", style=style, layout=layout)
+        self.renorm_min = w.FloatSlider(value=defaults.cfg_renorm_min, min=0, max=1, step=0.05,
+                                        description="cfg_renorm_min", style=style, layout=layout)
+        self.widgets = [self.cfg_text, self.cfg_img, self.interval, self.shift, self.steps, self.renorm,
+                        self.renorm_min]
+
+    def values(self) -> dict:
+        return dict(cfg_text_scale=self.cfg_text.value, cfg_img_scale=self.cfg_img.value,
+                    cfg_interval=tuple(self.interval.value), timestep_shift=self.shift.value,
+                    num_timesteps=self.steps.value, cfg_renorm_type=self.renorm.value,
+                    cfg_renorm_min=self.renorm_min.value)
+
+
+class Playground:
+    def __init__(self, pipe: Pipeline, backend: str = "micro-BAGEL (CPU)", preview_every: int = 5,
+                 language: str = "en"):
+        import ipywidgets as w
+
+        self.pipe, self.backend, self.preview_every = pipe, backend, preview_every
+        self.lang = language
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_result: Generated | str | None = None
+        self.message = ""
+        cfg = pipe.model.config
+        self.side = min(1024, cfg.max_latent_size * cfg.latent_downsample)
+        self.step = cfg.latent_downsample
+        style, layout = {"description_width": "120px"}, w.Layout(width="360px")
+        wide = w.Layout(width="600px")
+
+        # shared controls
+        self.seed = w.IntText(value=0, description="seed", style=style, layout=layout)
+        self.progress = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="360px"))
+        self.preview = w.Image(format="png", layout=w.Layout(width="192px", height="192px"))
+        self.result = w.Image(format="png", layout=w.Layout(width="256px", height="256px"))
+        self.info = w.HTML()
+        self.stop_button = w.Button(description="Stop", button_style="danger", disabled=True)
+        self.stop_button.on_click(lambda _: self.stop())
+        self.language = w.ToggleButtons(options=[("English", "en"), ("中文", "zh")], value=language)
+        self.language.observe(lambda ch: self.set_language(ch["new"]), names="value")
+
+        # text to image
+        self.t2i_prompt = w.Textarea(value="a red circle on the left", layout=wide)
+        self.t2i_sampler = SamplerControls(T2I_SETTINGS, style, layout)
+        self.t2i_ratio = w.Dropdown(options=list(RATIOS), value="1:1", description="size", style=style, layout=layout)
+        self.t2i_think = w.Checkbox(value=False, description="think first")
+        self.max_think = w.IntSlider(value=1024, min=8, max=4096, step=8, description="max think tokens",
+                                     style=style, layout=layout)
+        self.t2i_button = w.Button(description="Generate", button_style="primary")
+        self.t2i_button.on_click(lambda _: self.generate_clicked())
+        t2i = w.VBox([self.t2i_prompt, w.HBox([w.VBox(self.t2i_sampler.widgets[:4] + [self.t2i_ratio]),
+                                              w.VBox(self.t2i_sampler.widgets[4:] + [self.seed, self.max_think])]),
+                      w.HBox([self.t2i_think, self.t2i_button])])
+
+        # editing
+        self.edit_upload = w.FileUpload(accept="image/*", multiple=False, description="image")
+        self.edit_image: Image.Image | None = None
+        self.edit_upload.observe(lambda ch: self._read_upload(), names="value")
+        self.edit_use_last = w.Button(description="use last image")
+        self.edit_use_last.on_click(lambda _: self.use_last_image())
+        self.edit_source = w.Image(format="png", layout=w.Layout(width="128px", height="128px"))
+        self.edit_text = w.Textarea(value="make the circle blue", layout=wide)
+        self.edit_sampler = SamplerControls(EDIT_SETTINGS, style, layout)
+        self.edit_think = w.Checkbox(value=False, description="think first")
+        self.edit_button = w.Button(description="Generate", button_style="primary")
+        self.edit_button.on_click(lambda _: self.edit_clicked())
+        edit = w.VBox([w.HBox([self.edit_upload, self.edit_use_last, self.edit_source]), self.edit_text,
+                       w.HBox([w.VBox(self.edit_sampler.widgets[:4]), w.VBox(self.edit_sampler.widgets[4:])]),
+                       w.HBox([self.edit_think, self.edit_button])])
+
+        # understanding
+        self.und_question = w.Textarea(value="what color is the circle?", layout=wide)
+        self.und_sample = w.Checkbox(value=False, description="sample text")
+        self.und_temperature = w.FloatSlider(value=0.3, min=0.05, max=1.0, step=0.05, description="temperature",
+                                             style=style, layout=layout)
+        self.und_max = w.IntSlider(value=512, min=8, max=4096, step=8, description="max tokens", style=style,
+                                   layout=layout)
+        self.und_think = w.Checkbox(value=False, description="think first")
+        self.und_button = w.Button(description="Answer", button_style="primary")
+        self.und_button.on_click(lambda _: self.answer_clicked())
+        self.und_answer = w.HTML()
+        und = w.VBox([w.HTML("uses the image of the Edit tab"), self.und_question,
+                      w.HBox([self.und_sample, self.und_temperature, self.und_max]),
+                      w.HBox([self.und_think, self.und_button]), self.und_answer])
+
+        # chat
+        self.chat_log = w.VBox([])
+        self.chat_text = w.Text(value="", placeholder="type a message", layout=wide)
+        self.chat_image_reply = w.Checkbox(value=False, description="reply with an image")
+        self.chat_attach = w.Checkbox(value=False, description="use last image")
+        self.chat_send = w.Button(description="Send", button_style="primary")
+        self.chat_send.on_click(lambda _: self.chat_clicked())
+        self.chat_reset = w.Button(description="new chat")
+        self.chat_reset.on_click(lambda _: self.reset_chat())
+        chat = w.VBox([self.chat_log, self.chat_text,
+                       w.HBox([self.chat_attach, self.chat_image_reply, self.chat_send, self.chat_reset])])
+        self.reset_chat()
+
+        # class names the browser test (tests/test_browser.py) uses to find the widgets
+        for widget, name in ((self.t2i_prompt, "bagel-prompt"), (self.t2i_button, "bagel-generate"),
+                             (self.result, "bagel-result"), (self.preview, "bagel-preview"), (self.seed, "bagel-seed"),
+                             (self.info, "bagel-info"), (self.stop_button, "bagel-stop")):
+            widget.add_class(name)
+        self.tabs = w.Tab(children=[t2i, edit, und, chat])
+        self.buttons = [self.t2i_button, self.edit_button, self.und_button, self.chat_send]
+        self.widget = w.VBox([
+            w.HBox([w.HTML(f"<b>bagel-lite playground</b> &middot; {backend}"), self.language]),
+            self.tabs,
+            w.HBox([self.progress, self.stop_button]),
+            w.HBox([self.preview, self.result]),
+            self.info,
+        ])
+        self.set_language(language)
+
+    # ------------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def micro(cls, **kwargs) -> Playground:
+        from . import micro
+
+        return cls(micro.load(), "micro-BAGEL (CPU)", **kwargs)
+
+    @classmethod
+    def from_folder(cls, folder, device: str | None = None, **kwargs) -> Playground:
+        """The official BAGEL-7B-MoT folder: bf16, across every visible GPU ("auto") unless told otherwise."""
+        from .pipeline import load
+
+        device = device or ("auto" if torch.cuda.device_count() > 1 else None)
+        return cls(load(folder, device=device), f"BAGEL ({folder})", **kwargs)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+    def set_language(self, lang: str):
+        t = LABELS[lang]
+        self.lang = lang
+        for i, key in enumerate(("t2i", "edit", "und", "chat")):
+            self.tabs.set_title(i, t[key])
+        self.t2i_button.description = self.edit_button.description = t["generate"]
+        self.und_button.description, self.chat_send.description = t["answer"], t["send"]
+        self.stop_button.description = t["stop"]
+        for box in (self.t2i_think, self.edit_think, self.und_think):
+            box.description = t["think"]
+        self.chat_image_reply.description, self.chat_attach.description = t["reply_image"], t["use_last"]
+        self.edit_use_last.description, self.chat_reset.description = t["use_last"], t["reset"]
+        self.und_sample.description, self.und_temperature.description = t["sample"], t["temperature"]
+        self.seed.description, self.t2i_ratio.description = t["seed"], t["size"]
+        self.max_think.description, self.edit_upload.description = t["max_think"], t["upload"]
+
+    # ------------------------------------------------------------------------------------------------------
+    # Running work: in a thread (so Stop is heard), or inline when a test asks to wait.
+
+    def _run(self, work, wait: bool):
+        if self._thread is not None and self._thread.is_alive():
+            self._say("busy: wait for the current run or press Stop", error=True)
+            return
+
+        def job():
+            for b in self.buttons:
+                b.disabled = True
+            self.stop_button.disabled = False
+            self._stop.clear()
+            try:
+                work()
+            except GenerationStopped as e:
+                step = int(str(e).rsplit(" ", 1)[-1])
+                self._say(LABELS[self.lang]["stopped"].format(step=step))
+            except (ValueError, TypeError) as e:  # bad settings or input: a message, not a traceback
+                self._say(str(e), error=True)
+            finally:
+                for b in self.buttons:
+                    b.disabled = False
+                self.stop_button.disabled = True
+
+        if wait:
+            job()
+        else:
+            self._thread = threading.Thread(target=job, daemon=True)
+            self._thread.start()
+
+    def wait(self, timeout: float | None = None):
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def stop(self):
+        """End the current image between two denoising steps."""
+        self._stop.set()
+
+    def _say(self, text: str, error: bool = False):
+        import html
+
+        self.message = text
+        color = "#b00" if error else "#333"
+        self.info.value = f"<div style='color:{color}'>{html.escape(text)}</div>"
+
+    def _callback(self, num_steps: int):
+        self.progress.max, self.progress.value = num_steps, 0
+        shape = self._shape
+
+        def callback(info):
+            self.progress.value = info.step + 1
+            if info.step % self.preview_every == 0:
+                with torch.no_grad():
+                    estimate = info.x_t - info.t * info.v  # the model's current guess of the clean latents
+                    self.preview.value = to_png(self.pipe.decode_image(estimate, shape), scale=2)
+            return not self._stop.is_set()
+
+        return callback
+
+    def _show(self, out: Generated):
+        self.last_result = out
+        self.result.value = to_png(out.image, scale=max(1, 256 // max(out.image.size)))
+        plan = f"<div><b>plan:</b> {out.text}</div>" if out.text else ""
+        self.info.value = (f"{plan}<div>seed {out.seed} &middot; {out.settings}</div>"
+                           f"<div>reproduce: <code>{out.call}</code></div>")
+        self.message = out.call
+
+    # ------------------------------------------------------------------------------------------------------
+    # Handlers
+
+    def generate_clicked(self, wait: bool = False):
+        def work():
+            settings = self.t2i_sampler.values()
+            ImageSettings(**settings)  # validate before starting
+            self._shape = image_shape_for(self.t2i_ratio.value, self.side, self.step)
+            out = self.pipe.generate(self.t2i_prompt.value, seed=self.seed.value, image_shape=self._shape,
+                                     think=self.t2i_think.value, max_think_tokens=self.max_think.value,
+                                     callback=self._callback(settings["num_timesteps"] - 1), progress=False,
+                                     **settings)
+            self._show(out)
+
+        self._run(work, wait)
+
+    def _read_upload(self):
+        files = self.edit_upload.value
+        if not files:
+            return
+        first = files[0] if isinstance(files, (list, tuple)) else next(iter(files.values()))
+        try:
+            self.set_edit_image(Image.open(io.BytesIO(bytes(first["content"]))))
+        except OSError as e:
+            self._say(f"could not read the uploaded file {first.get('name', '')!r} as an image ({e})", error=True)
+
+    def set_edit_image(self, image: Image.Image):
+        self.edit_image = image
+        self.edit_source.value = to_png(pil_img2rgb(image))
+
+    def use_last_image(self):
+        if isinstance(self.last_result, Generated):
+            self.set_edit_image(self.last_result.image)
+        else:
+            self._say("no image yet: generate one first", error=True)
+
+    def edit_clicked(self, wait: bool = False):
+        def work():
+            if self.edit_image is None:
+                raise ValueError("no image to edit: upload one or press 'use last image'")
+            settings = self.edit_sampler.values()
+            ImageSettings(**settings)
+            resized = self.pipe.vae_transform.resize(pil_img2rgb(self.edit_image))
+            self._shape = (resized.height, resized.width)
+            out = self.pipe.edit(self.edit_image, self.edit_text.value, seed=self.seed.value,
+                                 think=self.edit_think.value, max_think_tokens=self.max_think.value,
+                                 callback=self._callback(settings["num_timesteps"] - 1), progress=False, **settings)
+            self._show(out)
+
+        self._run(work, wait)
+
+    def answer_clicked(self, wait: bool = False):
+        def work():
+            if self.edit_image is None:
+                raise ValueError("no image to ask about: upload one in the Edit tab or use the last image")
+            text = self.pipe.answer(self.edit_image, self.und_question.value, think=self.und_think.value,
+                                    max_tokens=self.und_max.value, do_sample=self.und_sample.value,
+                                    temperature=self.und_temperature.value, seed=self.seed.value)
+            self.last_answer = text
+            self.und_answer.value = f"<b>{text}</b>"
+            self._say(f"pipe.answer(image, {self.und_question.value!r}"
+                      + (f", do_sample=True, temperature={self.und_temperature.value}, seed={self.seed.value}"
+                         if self.und_sample.value else "") + ")")
+
+        self._run(work, wait)
+
+    # --- chat: the contexts live between turns ------------------------------------------------------------
+
+    def reset_chat(self):
+        self.chat = {"gen": Context(), "cfg_text": Context(), "cfg_img": Context()}
+        self.chat_turns: list[tuple[str, object]] = []
+        self.chat_log.children = []
+
+    def _chat_line(self, who: str, content):
+        import html
+
+        import ipywidgets as w
+
+        if isinstance(content, Image.Image):
+            item = w.Image(value=to_png(content, scale=max(1, 128 // max(content.size))), format="png")
+        else:
+            item = w.HTML(f"<b>{who}:</b> {html.escape(content)}")
+        self.chat_turns.append((who, content))
+        self.chat_log.children = [*self.chat_log.children, item]
+
+    def chat_clicked(self, wait: bool = False):
+        def work():
+            text = self.chat_text.value
+            if not text.strip():
+                raise ValueError("the message is empty: type something to say")
+            c = self.chat
+            with torch.no_grad():
+                if self.chat_attach.value:
+                    if not isinstance(self.last_result, Generated):
+                        raise ValueError("no image yet to attach: generate one first")
+                    image = self.pipe.vae_transform.resize(pil_img2rgb(self.last_result.image))
+                    c["gen"] = self.pipe.add_image(c["gen"], image)
+                    c["cfg_text"] = c["gen"]
+                    self._chat_line("you", image)
+                c["cfg_text"] = c["gen"]
+                c["gen"] = self.pipe.add_text(c["gen"], text)
+                c["cfg_img"] = self.pipe.add_text(c["cfg_img"], text)
+                self._chat_line("you", text)
+                if self.chat_image_reply.value:
+                    settings = self.t2i_sampler.values()
+                    self._shape = image_shape_for(self.t2i_ratio.value, self.side, self.step)
+                    seed = self.seed.value
+                    tokens = self.pipe.generate_image(
+                        self._shape, c["gen"], c["cfg_text"], c["cfg_img"], replace(T2I_SETTINGS, **settings),
+                        generator=torch.Generator().manual_seed(seed),
+                        callback=self._callback(settings["num_timesteps"] - 1), progress=False)
+                    image = self.pipe.decode_image(tokens, self._shape)
+                    out = Generated(image, None, seed, settings, "(chat turn: see the conversation)", tokens)
+                    self._show(out)
+                    c["gen"] = self.pipe.add_image(c["gen"], image)  # the drawn image joins the conversation
+                    self._chat_line("BAGEL", image)
+                else:
+                    ids = self.pipe.generate_text(c["gen"], max_length=self.und_max.value)
+                    reply = self.pipe.decode_text(ids)
+                    c["gen"] = self.pipe.add_text(c["gen"], reply)
+                    c["cfg_img"] = self.pipe.add_text(c["cfg_img"], reply)
+                    self.last_answer = reply
+                    self._chat_line("BAGEL", reply)
+            self.chat_text.value = ""
+
+        self._run(work, wait)

@@ -1,0 +1,128 @@
+"""Playground handlers, driven headless: every tab produces output, Stop interrupts, bad settings show a
+message, and the reproduce line really reproduces."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+
+import pytest
+
+from bagel_lite import micro
+from bagel_lite.micro.world import Scene, render
+from bagel_lite.pipeline import Generated
+from bagel_lite.playground import LABELS, Playground
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return micro.load()
+
+
+@pytest.fixture
+def pg(pipe):
+    p = Playground(pipe)
+    for sampler in (p.t2i_sampler, p.edit_sampler):
+        sampler.steps.value = 8  # fast
+    return p
+
+
+def test_text_to_image_tab(pg):
+    pg.t2i_prompt.value = "a large red circle on the left"
+    pg.generate_clicked(wait=True)
+    out = pg.last_result
+    assert isinstance(out, Generated) and out.image.size == (64, 64)
+    assert pg.result.value and pg.preview.value, "the picture and the preview are shown"
+    assert pg.progress.value == pg.progress.max == 7
+    assert f"seed {out.seed}" in pg.info.value and "pipe.generate(" in pg.info.value
+
+
+def test_reproduce_line_gives_the_same_image(pg, pipe):
+    pg.seed.value = 11
+    pg.generate_clicked(wait=True)
+    again = eval(pg.last_result.call, {"pipe": pipe})
+    assert again.image.tobytes() == pg.last_result.image.tobytes()
+
+
+def test_edit_and_understand_tabs(pg):
+    pg.set_edit_image(render(Scene("square", "green", "center", "large")))
+    pg.edit_text.value = "make the square red"
+    pg.edit_clicked(wait=True)
+    assert isinstance(pg.last_result, Generated) and "pipe.edit(image" in pg.last_result.call
+    pg.und_question.value = "what color is the square?"
+    pg.answer_clicked(wait=True)
+    assert isinstance(pg.last_answer, str) and pg.last_answer in pg.und_answer.value
+
+
+def test_chat_keeps_its_context_and_reuses_a_drawn_image(pg):
+    pg.chat_image_reply.value = True
+    pg.chat_text.value = "a large blue circle at the top"
+    pg.chat_clicked(wait=True)
+    kv_after_first = pg.chat["gen"].kv_len
+    assert kv_after_first > 0 and isinstance(pg.chat_turns[-1][1], type(pg.last_result.image))
+    pg.chat_image_reply.value = False
+    pg.chat_attach.value = True
+    pg.chat_text.value = "what color is the circle?"
+    pg.chat_clicked(wait=True)
+    assert pg.chat["gen"].kv_len > kv_after_first, "the context grows across turns"
+    assert pg.chat_turns[-1][0] == "BAGEL" and isinstance(pg.chat_turns[-1][1], str)
+    pg.reset_chat()
+    assert pg.chat["gen"].kv_len == 0 and pg.chat_log.children == ()
+
+
+def test_stop_interrupts_a_run(pg):
+    pg.t2i_sampler.steps.value = 100
+    started = threading.Event()
+    original = pg._callback
+
+    def slow_callback(n):
+        inner = original(n)
+
+        def cb(info):
+            started.set()
+            return inner(info)
+        return cb
+
+    pg._callback = slow_callback
+    pg.generate_clicked(wait=False)
+    assert started.wait(30)
+    pg.stop()
+    pg.wait(60)
+    assert "stopped at step" in pg.message
+    assert not pg.t2i_button.disabled and pg.stop_button.disabled
+
+
+def test_empty_prompt_shows_a_message_not_a_traceback(pg):
+    pg.t2i_prompt.value = "  "
+    pg.generate_clicked(wait=True)
+    assert "prompt is empty" in pg.message and "color:#b00" in pg.info.value
+    assert not pg.t2i_button.disabled
+
+
+def test_invalid_sampler_settings_show_a_message(pg):
+    values = pg.t2i_sampler.values()
+    pg.t2i_sampler.values = lambda: {**values, "cfg_interval": (0.8, 0.2)}  # sliders cannot produce this; code can
+    pg.generate_clicked(wait=True)
+    assert "cfg_interval must be two numbers" in pg.message
+
+
+def test_empty_chat_message_and_bad_upload(pg):
+    pg.chat_text.value = ""
+    pg.chat_clicked(wait=True)
+    assert "message is empty" in pg.message
+    pg.edit_upload.value = ({"name": "x.png", "type": "image/png", "size": 3, "content": b"not",
+                            "last_modified": datetime(2026, 1, 1)},)
+    assert "could not read" in pg.message
+
+
+def test_edit_without_an_image_says_so(pg):
+    pg.edit_image = None
+    pg.edit_clicked(wait=True)
+    assert "no image to edit" in pg.message
+
+
+def test_labels_switch_language(pg):
+    pg.language.value = "zh"
+    assert pg.t2i_button.description == LABELS["zh"]["generate"] and pg.tabs.get_title(0) == "文生图"
+    pg.language.value = "en"
+    assert pg.t2i_button.description == "Generate"
