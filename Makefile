@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml $(PIP_CONSTRAINTS)
 	touch $@
 
 test: setup
-	$(VENV)/bin/ruff check bagel_lite tests benchmarks scripts
+	$(VENV)/bin/ruff check --no-cache bagel_lite tests benchmarks scripts conftest.py
 	$(PY) -m pytest
 
 workbook: setup
@@ -34,7 +34,7 @@ benchmark: setup
 	$(PY) benchmarks/inference_speed.py
 
 lint: setup
-	$(VENV)/bin/ruff check bagel_lite tests benchmarks scripts
+	$(VENV)/bin/ruff check --no-cache bagel_lite tests benchmarks scripts conftest.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -17,8 +17,7 @@ import time
 import urllib.request
 
 import pytest
-
-from conftest import REPO
+from helpers import REPO
 
 ARTIFACTS = REPO / "artifacts"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -88,21 +87,18 @@ def test_playground_generates_in_a_real_browser(lab):
                                    " c.height = i.naturalHeight; c.getContext('2d').drawImage(i, 0, 0);"
                                    " return c.toDataURL(); }")
 
-        picture_changes(None)  # the notebook's own first run shows a picture
-        prompt = page.locator(".bagel-prompt textarea")
-        prompt.fill("a large blue square at the top")
-        prompt.press("Tab")
-        before = result.get_attribute("src")
-        page.locator("button.bagel-generate").click()
-        first = picture_changes(before)
-        assert "seed 0" in page.locator(".bagel-info").inner_text()
+        def type_then_generate(selector: str, text: str, key: str):
+            field = page.locator(selector)
+            field.fill(text)
+            field.press(key)
+            before = result.get_attribute("src")
+            page.locator("button.bagel-generate").click()
+            return picture_changes(before)
 
-        seed = page.locator(".bagel-seed input")
-        seed.fill("5")
-        seed.press("Enter")
-        before = result.get_attribute("src")
-        page.locator("button.bagel-generate").click()
-        second = picture_changes(before)
+        picture_changes(None)  # the notebook's own first run shows a picture
+        first = type_then_generate(".bagel-prompt textarea", "a large blue square at the top", "Tab")
+        assert "seed 0" in page.locator(".bagel-info").inner_text()
+        second = type_then_generate(".bagel-seed input", "5", "Enter")
         assert second != first, "another seed should draw another picture"
         page.wait_for_function("() => !document.querySelector('button.bagel-generate').disabled", timeout=60_000)
         assert "seed=5" in page.locator(".bagel-info").inner_text()

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import GOLDEN
+from helpers import GOLDEN
 from safetensors.torch import load_file, save_file
 
 from bagel_lite.checkpoint import CheckpointError, load_bagel, save_bagel

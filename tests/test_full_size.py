@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from conftest import REFERENCE
+from helpers import REFERENCE
 
 from bagel_lite import config
 from bagel_lite.autoencoder import AutoEncoder

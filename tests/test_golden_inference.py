@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import GOLDEN, golden_cases, tolerance
+from helpers import GOLDEN, golden_cases, tolerance
 from PIL import Image
 from safetensors.torch import load_file
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import GOLDEN
+from helpers import GOLDEN
 from PIL import Image
 
 from bagel_lite.inference import Context, GenerationStopped, ImageSettings, causal_allowed

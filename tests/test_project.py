@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import tomllib
 
-from conftest import REPO
+from helpers import REPO
 
 from bagel_lite import config
 from bagel_lite.checkpoint import build
