@@ -119,3 +119,44 @@ def load_on_gpus(folder: str | Path, dtype: torch.dtype = torch.bfloat16, max_me
     ae.load_state_dict(_load_tensors(folder / "ae.safetensors", "cpu"), strict=True, assign=True)
     tokenizer, special = load_tokenizer(folder)
     return LoadedBagel(model, ae.eval(), tokenizer, special, cfg, folder)
+
+
+# --- 4-bit and 8-bit loading (optional: bitsandbytes on a CUDA machine) --------------------------------------
+
+QUANTIZATION = {  # the official app's two settings
+    "nf4": dict(load_in_4bit=True, bnb_4bit_compute_dtype="bf16", bnb_4bit_use_double_quant=False,
+                bnb_4bit_quant_type="nf4"),
+    "int8": dict(load_in_8bit=True, torch_dtype=torch.float32),
+}
+
+
+def load_quantized(folder: str | Path, mode: str, max_memory: dict | None = None) -> LoadedBagel:
+    """Load an official folder with its linear layers in 4-bit NF4 (~9 GB of weights) or 8-bit INT8.
+
+    Needs ``pip install bitsandbytes`` (the ``quant`` extra) and a CUDA GPU; says so plainly otherwise.
+    Embeddings, norms and the sin-cos tables stay unquantised (accelerate's default skip list).
+    """
+    import importlib.util
+
+    if mode not in QUANTIZATION:
+        raise ValueError(f"quantize={mode!r} is unknown; use one of {sorted(QUANTIZATION)}, or None for bf16")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError(f"quantize={mode!r} needs bitsandbytes: pip install bitsandbytes "
+                          "(or pip install -e '.[quant]'), on a machine with a CUDA GPU")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"quantize={mode!r} needs a CUDA GPU; on a CPU use micro-BAGEL or the float32 model")
+    from accelerate.utils import BnbQuantizationConfig, load_and_quantize_model
+
+    folder = Path(folder)
+    _require_files(folder)
+    cfg = read_config(folder)
+    model, ae = build(cfg, device="meta")
+    check_keys(model, folder / "ema.safetensors")
+    check_keys(ae, folder / "ae.safetensors")
+    max_memory = max_memory or {i: int(b * 0.9) for i, b in free_gpu_memory().items()}
+    model = load_and_quantize_model(model, BnbQuantizationConfig(**QUANTIZATION[mode]),
+                                    weights_location=str(folder / "ema.safetensors"),
+                                    device_map=device_map(model, max_memory), offload_folder=str(folder / "offload"))
+    ae.load_state_dict(_load_tensors(folder / "ae.safetensors", "cpu"), strict=True, assign=True)
+    tokenizer, special = load_tokenizer(folder)
+    return LoadedBagel(model.eval(), ae.eval(), tokenizer, special, cfg, folder)

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import load_bagel, read_config
-from .devices import check_fits, estimate_memory, free_gpu_memory, load_on_gpus
+from .devices import check_fits, estimate_memory, free_gpu_memory, load_on_gpus, load_quantized
 from .inference import EDIT_SETTINGS, T2I_SETTINGS, Context, Engine, ImageSettings, StepInfo  # noqa: F401
 from .tokenizer import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT
 from .transforms import pil_img2rgb
@@ -63,13 +63,17 @@ def _kwargs_text(settings: ImageSettings, defaults: ImageSettings) -> str:
 class Pipeline(Engine):
     @classmethod
     def from_folder(cls, folder: str | Path, device: str | torch.device | None = None,
-                    dtype: torch.dtype | None = None, **transforms) -> Pipeline:
+                    dtype: torch.dtype | None = None, quantize: str | None = None, **transforms) -> Pipeline:
         """Load a checkpoint folder (official layout).
 
         ``device``: "cpu", "cuda" / "cuda:1" (one GPU), or "auto" (split over every visible GPU with
         accelerate). Default: "cuda" when available, else "cpu". ``dtype`` defaults to bf16 on GPUs, float32
-        on the CPU. On GPUs the memory needed is checked before any weight is read.
+        on the CPU. On GPUs the memory needed is checked before any weight is read. ``quantize``: "nf4" or
+        "int8" loads the linear layers through bitsandbytes (optional; GPU only).
         """
+        if quantize is not None:
+            b = load_quantized(folder, quantize)
+            return cls(b.model, b.ae, b.tokenizer, b.special, **transforms)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         on_gpu = str(device) == "auto" or torch.device(device).type == "cuda"
         dtype = dtype or (torch.bfloat16 if on_gpu else torch.float32)
@@ -190,6 +194,6 @@ class Pipeline(Engine):
 
 
 def load(folder: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-         **transforms) -> Pipeline:
+         quantize: str | None = None, **transforms) -> Pipeline:
     """``pipe = bagel_lite.load(folder)``: the model of a checkpoint folder, ready for generate/edit/answer."""
-    return Pipeline.from_folder(folder, device, dtype, **transforms)
+    return Pipeline.from_folder(folder, device, dtype, quantize, **transforms)

@@ -198,12 +198,14 @@ class Playground:
         return cls(micro.load(), "micro-BAGEL (CPU)", **kwargs)
 
     @classmethod
-    def from_folder(cls, folder, device: str | None = None, **kwargs) -> Playground:
-        """The official BAGEL-7B-MoT folder: bf16, across every visible GPU ("auto") unless told otherwise."""
+    def from_folder(cls, folder, device: str | None = None, quantize: str | None = None, **kwargs) -> Playground:
+        """The official BAGEL-7B-MoT folder: bf16, across every visible GPU ("auto") unless told otherwise;
+        ``quantize="nf4"`` / ``"int8"`` through bitsandbytes when it is installed."""
         from .pipeline import load
 
         device = device or ("auto" if torch.cuda.device_count() > 1 else None)
-        return cls(load(folder, device=device), f"BAGEL ({folder})", **kwargs)
+        name = f"BAGEL ({folder}{', ' + quantize if quantize else ''})"
+        return cls(load(folder, device=device, quantize=quantize), name, **kwargs)
 
     def _ipython_display_(self):
         from IPython.display import display

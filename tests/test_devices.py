@@ -37,3 +37,18 @@ def test_device_map_keeps_layers_whole_and_writers_with_the_embedding():
     embed = dmap["language_model.model.embed_tokens"]
     for name in SAME_DEVICE_AS_EMBEDDINGS:
         assert {v for k, v in dmap.items() if k == name or k.startswith(name + ".")} == {embed}
+
+
+def test_quantized_loading_explains_what_it_needs(tmp_path):
+    import importlib.util
+
+    from bagel_lite.devices import load_quantized
+
+    with pytest.raises(ValueError, match="quantize='nf8' is unknown"):
+        load_quantized(tmp_path, "nf8")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(ImportError, match="needs bitsandbytes: pip install bitsandbytes"):
+            load_quantized(tmp_path, "nf4")
+    elif not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+            load_quantized(tmp_path, "int8")
