@@ -25,7 +25,7 @@ test: setup
 	$(PY) -m pytest
 
 workbook: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 figures: setup
 	$(PY) scripts/make_figures.py
