@@ -149,6 +149,18 @@ def _load_tensors(path: Path, device) -> dict[str, torch.Tensor]:
         ) from e
 
 
+def check_folder(folder: str | Path) -> tuple[BagelConfig, Bagel, AutoEncoder]:
+    """Check a folder's files, configs, keys and shapes without reading a weight; return its config and the
+    (Bagel, AutoEncoder) built on the meta device, ready for ``load_state_dict(..., assign=True)``."""
+    folder = Path(folder)
+    _require_files(folder)
+    cfg = read_config(folder)
+    model, ae = build(cfg, device="meta")
+    check_keys(model, folder / "ema.safetensors")
+    check_keys(ae, folder / "ae.safetensors")
+    return cfg, model, ae
+
+
 def load_bagel(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                ae_device: str | torch.device = "cpu", ae_dtype: torch.dtype = torch.float32) -> LoadedBagel:
     """Load an official-layout checkpoint folder: model, autoencoder, tokenizer (with BAGEL's markers).
@@ -157,12 +169,7 @@ def load_bagel(folder: str | Path, device: str | torch.device = "cpu", dtype: to
     app keeps it on the CPU in float32). Everything is checked before any weight is read.
     """
     folder = Path(folder)
-    _require_files(folder)
-    cfg = read_config(folder)
-    model, ae = build(cfg, device="meta")
-    check_keys(model, folder / "ema.safetensors")
-    check_keys(ae, folder / "ae.safetensors")
-
+    cfg, model, ae = check_folder(folder)
     tokenizer, special = load_tokenizer(folder)
     if len(tokenizer) > cfg.llm.vocab_size:
         raise CheckpointError(

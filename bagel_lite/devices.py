@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import LoadedBagel, _load_tensors, _require_files, build, check_keys, read_config
+from .checkpoint import LoadedBagel, _load_tensors, build, check_folder
 from .config import BagelConfig
 from .tokenizer import load_tokenizer
 
@@ -104,13 +104,9 @@ def load_on_gpus(folder: str | Path, dtype: torch.dtype = torch.bfloat16, max_me
     from accelerate import dispatch_model
 
     folder = Path(folder)
-    _require_files(folder)
-    cfg = read_config(folder)
+    cfg, model, ae = check_folder(folder)
     free = free_gpu_memory()
     check_fits(estimate_memory(cfg, dtype), free)
-    model, ae = build(cfg, device="meta")
-    check_keys(model, folder / "ema.safetensors")
-    check_keys(ae, folder / "ae.safetensors")
     max_memory = max_memory or {i: int(b * 0.9) for i, b in free.items()}
     dmap = device_map(model, max_memory)
     state = _load_tensors(folder / "ema.safetensors", "cpu")
@@ -148,11 +144,7 @@ def load_quantized(folder: str | Path, mode: str, max_memory: dict | None = None
     from accelerate.utils import BnbQuantizationConfig, load_and_quantize_model
 
     folder = Path(folder)
-    _require_files(folder)
-    cfg = read_config(folder)
-    model, ae = build(cfg, device="meta")
-    check_keys(model, folder / "ema.safetensors")
-    check_keys(ae, folder / "ae.safetensors")
+    cfg, model, ae = check_folder(folder)
     max_memory = max_memory or {i: int(b * 0.9) for i, b in free_gpu_memory().items()}
     model = load_and_quantize_model(model, BnbQuantizationConfig(**QUANTIZATION[mode]),
                                     weights_location=str(folder / "ema.safetensors"),
