@@ -62,14 +62,11 @@ def to_additive(allowed: torch.Tensor, dtype: torch.dtype = torch.float32) -> to
     return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, float("-inf"))
 
 
-def dense_mask(sample_lens: Sequence[int], split_lens: Sequence[int], attn_modes: Sequence[str]) -> torch.Tensor:
-    """Boolean (L, L) mask of a packed sequence of several samples (block diagonal over samples).
-
-    ``split_lens`` / ``attn_modes`` list the splits of all samples in order; ``sample_lens`` groups them.
-    """
+def samples_of(sample_lens: Sequence[int], split_lens: Sequence[int], attn_modes: Sequence[str]):
+    """Group the splits of a packed sequence by sample: yields (split_lens, attn_modes) of each sample."""
     if sum(sample_lens) != sum(split_lens):
         raise ValueError(f"sample lengths add up to {sum(sample_lens)} but split lengths to {sum(split_lens)}")
-    blocks, i = [], 0
+    i = 0
     for sample_len in sample_lens:
         lens, modes = [], []
         while sum(lens) < sample_len:
@@ -78,8 +75,16 @@ def dense_mask(sample_lens: Sequence[int], split_lens: Sequence[int], attn_modes
             i += 1
         if sum(lens) != sample_len:
             raise ValueError(f"splits do not line up with a sample of length {sample_len}")
-        blocks.append(sample_allowed(lens, modes))
-    return torch.block_diag(*blocks)
+        yield lens, modes
+
+
+def dense_mask(sample_lens: Sequence[int], split_lens: Sequence[int], attn_modes: Sequence[str]) -> torch.Tensor:
+    """Boolean (L, L) mask of a packed sequence of several samples (block diagonal over samples).
+
+    ``split_lens`` / ``attn_modes`` list the splits of all samples in order; ``sample_lens`` groups them.
+    """
+    return torch.block_diag(*(sample_allowed(lens, modes) for lens, modes in samples_of(sample_lens, split_lens,
+                                                                                       attn_modes)))
 
 
 def token_labels(sample_lens: Sequence[int], split_lens: Sequence[int], attn_modes: Sequence[str], device=None):
@@ -134,13 +139,9 @@ class PackedMask:
         grid = torch.zeros(len(sample_lens), longest, dtype=torch.long)  # (S, longest): packed index per slot
         valid = torch.zeros(len(sample_lens), longest, dtype=torch.bool)
         masks = torch.zeros(len(sample_lens), 1, longest, longest, dtype=torch.bool)
-        start, i = 0, 0
-        for s, n in enumerate(sample_lens):
-            lens, modes = [], []
-            while sum(lens) < n:
-                lens.append(split_lens[i])
-                modes.append(attn_modes[i])
-                i += 1
+        start = 0
+        for s, (lens, modes) in enumerate(samples_of(sample_lens, split_lens, attn_modes)):
+            n = sum(lens)
             grid[s, :n] = torch.arange(start, start + n)
             valid[s, :n] = True
             masks[s, 0, :n, :n] = sample_allowed(lens, modes)

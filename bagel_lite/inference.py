@@ -161,8 +161,8 @@ class Engine:
     def _forward(self, ctx: Context, rows: torch.Tensor, positions: torch.Tensor, gen_mask, causal: bool):
         """Run new rows (L, D) after ``ctx``'s cache. Returns hidden (L, D) and the context with them cached."""
         n = rows.shape[0]
-        if ctx.rope + int(positions.max()) - int(positions.min()) >= self.model.config.llm.max_position_embeddings:
-            raise ValueError(f"the context would need position {ctx.rope + n}, beyond the model's "
+        if int(positions.max()) >= self.model.config.llm.max_position_embeddings:
+            raise ValueError(f"the context would need position {int(positions.max())}, beyond the model's "
                              f"{self.model.config.llm.max_position_embeddings}: shorten the prompt")
         allowed = causal_allowed(ctx.kv_len, n, self.device) if causal else None
         hidden, kvs = self.model.decode(rows[None].to(self.dtype), None if gen_mask is None else gen_mask[None],
@@ -204,7 +204,7 @@ class Engine:
         latent = self.ae.encode(pixels[None].to(ae_device), generator=generator)[0]  # (16, H/8, W/8)
         tokens = patchify(latent, cfg.latent_patch_size).to(self.device)  # (h*w, 64)
         ids = position_ids(h, w, cfg.latent_downsample, cfg.max_latent_size).to(self.device)
-        rows = self._latent_rows(tokens, torch.zeros(1, device=self.device), ids)
+        rows = self._latent_rows(tokens, torch.zeros(1, device=self.device), ids, self._markers())
         positions = torch.full((len(rows),), ctx.rope, device=self.device)
         _, new = self._forward(ctx, rows, positions, self._gen_mask(len(ids)), causal=False)
         return replace(new, rope=ctx.rope + 1)
@@ -218,8 +218,9 @@ class Engine:
             ctx = self.add_vit_image(ctx, self.vit_transform(image))
         return ctx
 
-    def _latent_rows(self, x: torch.Tensor, t: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        start, end = self._markers()
+    def _latent_rows(self, x: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, markers: torch.Tensor):
+        """``<|vision_start|>`` + latent tokens (N, 64) embedded at flow time t + ``<|vision_end|>``."""
+        start, end = markers  # (2, D) marker embeddings, computed once by the caller
         tokens = self.model.embed_latents(x.to(self.dtype), t.to(self.dtype), ids)  # (N, D)
         return torch.cat([start[None], tokens, end[None]])  # (N + 2, D)
 
@@ -288,6 +289,7 @@ class Engine:
         # Built once per generation, reused at every step.
         ids = position_ids(height, width, cfg.latent_downsample, cfg.max_latent_size).to(self.device)
         gen_mask = self._gen_mask(n)
+        markers = self._markers()
         contexts = {"cond": gen, "text": cfg_text, "img": cfg_img}
         batches: dict[tuple[str, ...], BranchBatch] = {}
 
@@ -308,7 +310,7 @@ class Engine:
             t, t_next = float(ts[k]), float(ts[k + 1])
             s_text, s_img = guidance_scales(t, settings.cfg_text_scale, settings.cfg_img_scale, settings.cfg_interval)
             names = ("cond",) + (("text",) if s_text > 1 else ()) + (("img",) if s_text > 1 and s_img > 1 else ())
-            rows = self._latent_rows(x, ts[k].reshape(1).to(self.device), ids)  # (N + 2, D)
+            rows = self._latent_rows(x, ts[k].reshape(1).to(self.device), ids, markers)  # (N + 2, D)
             if batch_cfg:
                 vs = run(names, rows)
             else:

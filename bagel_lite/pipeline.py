@@ -26,7 +26,7 @@ from PIL import Image
 
 from .checkpoint import load_bagel, read_config
 from .devices import check_fits, estimate_memory, free_gpu_memory, load_on_gpus, load_quantized
-from .inference import EDIT_SETTINGS, T2I_SETTINGS, Context, Engine, ImageSettings, StepInfo  # noqa: F401
+from .inference import EDIT_SETTINGS, T2I_SETTINGS, Context, Engine, ImageSettings
 from .tokenizer import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT
 from .transforms import pil_img2rgb
 

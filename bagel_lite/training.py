@@ -81,10 +81,10 @@ class PackedSequence:
         self.position_ids += position if isinstance(position, list) else [position] * n
         return list(range(start, start + n))
 
-    def add_sample(self, items: list, cfg: Bagel, rng: random.Random) -> None:
-        """Append one sample's items, applying condition dropout with ``rng``."""
+    def add_sample(self, items: list, model: Bagel, rng: random.Random) -> None:
+        """Append one sample's items (sizes from ``model.config``), applying condition dropout with ``rng``."""
         start, rope = self.length, 0
-        mcfg = cfg.config
+        mcfg = model.config
         for item in items:
             dropped = item.drop_prob > 0 and rng.random() < item.drop_prob
             if isinstance(item, Text):
