@@ -78,6 +78,32 @@ def matches(image: Image.Image, target: Scene, attributes=("shape", "color", "po
 
 # --- scoring a model --------------------------------------------------------------------------------------
 
+ATTRIBUTES = ("shape", "color", "position", "size")
+
+
+def attribute_accuracy(images, scenes) -> dict[str, float]:
+    """Per attribute, the fraction of ``images`` that show their scene's value; "all": every attribute right."""
+    if len(images) != len(scenes) or not scenes:
+        raise ValueError(f"need one scene per image, got {len(images)} images and {len(scenes)} scenes")
+    hits = {a: 0 for a in (*ATTRIBUTES, "all")}
+    for image, scene in zip(images, scenes):
+        found = matches(image, scene)
+        for a in ATTRIBUTES:
+            hits[a] += found[a]
+        hits["all"] += all(found.values())
+    return {a: v / len(scenes) for a, v in hits.items()}
+
+
+def held_out_prompts(n: int, seed: int = 10_000) -> list[Scene]:
+    """The scenes whose captions ``evaluate_model`` draws from (its first ``n`` draws with ``seed``)."""
+    import random
+
+    from .world import random_scene
+
+    rng = random.Random(seed)
+    return [random_scene(rng) for _ in range(n)]
+
+
 def evaluate_model(pipe, n_t2i: int = 40, n_vqa: int = 120, n_edit: int = 40, seed: int = 10_000,
                    num_timesteps: int = 50, progress: bool = True) -> dict:
     """Held-out accuracy of a micro model (scenes drawn with a seed the training never uses).
@@ -93,12 +119,10 @@ def evaluate_model(pipe, n_t2i: int = 40, n_vqa: int = 120, n_edit: int = 40, se
     from .world import caption, edit, question_answer, random_scene, render
 
     rng = random.Random(seed)
-    t2i = {"color": 0, "position": 0, "shape": 0, "size": 0}
-    for i in tqdm(range(n_t2i), desc="text-to-image", disable=not progress, leave=False):
-        scene = random_scene(rng)
-        out = pipe.generate(caption(scene), seed=seed + i, num_timesteps=num_timesteps, progress=False)
-        for k, ok in matches(out.image, scene).items():
-            t2i[k] += ok
+    scenes = [random_scene(rng) for _ in range(n_t2i)]  # the same draws as held_out_prompts(n_t2i, seed)
+    images = [pipe.generate(caption(scene), seed=seed + i, num_timesteps=num_timesteps, progress=False).image
+              for i, scene in enumerate(tqdm(scenes, desc="text-to-image", disable=not progress, leave=False))]
+    t2i = attribute_accuracy(images, scenes)
     vqa, by_kind = 0, {}
     for _ in tqdm(range(n_vqa), desc="questions", disable=not progress, leave=False):
         scene = random_scene(rng)
@@ -114,10 +138,7 @@ def evaluate_model(pipe, n_t2i: int = 40, n_vqa: int = 120, n_edit: int = 40, se
         edits += ok
         edit_by_kind.setdefault(kind, []).append(ok)
     return {
-        "t2i_color_acc": t2i["color"] / n_t2i,
-        "t2i_position_acc": t2i["position"] / n_t2i,
-        "t2i_shape_acc": t2i["shape"] / n_t2i,
-        "t2i_size_acc": t2i["size"] / n_t2i,
+        **{f"t2i_{a}_acc": t2i[a] for a in ("color", "position", "shape", "size")},
         "vqa_acc": vqa / n_vqa,
         **{f"vqa_{k}_acc": sum(v) / len(v) for k, v in sorted(by_kind.items())},
         "edit_success": edits / n_edit,

@@ -90,9 +90,12 @@ def all_scenes() -> list[Scene]:
                       for sz in SIZES for dx in JITTER for dy in JITTER]
 
 
-def caption(scene: Scene, rng: random.Random | None = None) -> str:
-    """'a large red circle on the left' (the size word is left out half of the time when rng is given)."""
-    size = "" if rng is not None and rng.random() < 0.5 else f"{scene.size} "
+def caption(scene: Scene, rng: random.Random | None = None, size: bool | None = None) -> str:
+    """'a large red circle on the left'. The size word is left out half of the time when ``rng`` is given;
+    ``size=True`` / ``False`` puts it in / leaves it out regardless."""
+    if size is None:
+        size = rng is None or rng.random() >= 0.5
+    size = f"{scene.size} " if size else ""
     return f"a {size}{scene.color} {scene.shape} {POSITION_PHRASE[scene.position]}"
 
 
