@@ -14,7 +14,12 @@ Tokens never see other samples. Two equivalent ways to express this are built he
 * ``flex_block_mask`` — the same rule as a predicate for ``torch.nn.attention.flex_attention``, which skips
   whole 128x128 blocks that are fully masked (the GPU training path).
 
-``attend`` is the one attention call of the package (SDPA with grouped-query heads).
+In inference, new tokens attend to a KV cache. ``KeyMask`` keeps that mask in the form flash-attn's
+variable-length kernel takes (per row: how many valid keys, and whether the new tokens are causal), so that
+``attend`` can hand it to ``flash_attn_varlen_func`` on a GPU — as the official inference does — and to SDPA
+as a boolean matrix everywhere else.
+
+``attend`` is the one attention call of the package (SDPA with grouped-query heads, or flash-attn).
 """
 
 from __future__ import annotations
@@ -159,15 +164,82 @@ class PackedMask:
         return packed[None]
 
 
+def causal_allowed(num_cached: int, num_new: int, device=None) -> torch.Tensor:
+    """(1, 1, new, cached + new) mask, causal aligned to the bottom right: new token i sees the whole cache
+    and new tokens 0..i. (SDPA's ``is_causal`` aligns top-left and would hide the cache.)"""
+    return torch.ones(num_new, num_cached + num_new, dtype=torch.bool, device=device).tril(num_cached)[None, None]
+
+
+class KeyMask:
+    """Which keys the L new tokens of each batch row may see, when keys = [the row's cache (padded), new tokens].
+
+    key_valid: (B, T + L) bool, False for padding; causal: new token i sees the valid cache and new tokens
+    0..i (aligned to the bottom right, as flash-attn aligns a causal mask when queries are fewer than keys),
+    else all valid keys. Built once per context update (or per generation), reused by every layer and step.
+    """
+
+    def __init__(self, key_valid: torch.Tensor, num_new: int, causal: bool):
+        if key_valid.ndim != 2 or key_valid.shape[1] < num_new:
+            raise ValueError(f"key_valid must be (batch, cached + {num_new}), got {tuple(key_valid.shape)}")
+        self.key_valid, self.num_new, self.causal = key_valid, num_new, causal
+        cached = key_valid.shape[1] - num_new
+        dense = key_valid[:, None, None, :].expand(-1, 1, num_new, -1)  # (B, 1, L, T + L)
+        if causal:
+            dense = dense & causal_allowed(cached, num_new, key_valid.device)
+        # the same rule as a boolean mask for SDPA; None (no mask at all) when every key is visible
+        self.dense = None if not causal and bool(key_valid.all()) else dense
+        lens = key_valid.sum(1)  # (B,) valid keys per row
+        self.cu_seqlens_k = F.pad(lens.cumsum(0), (1, 0)).to(torch.int32)  # (B + 1,) row starts in packed keys
+        self.max_seqlen_k = int(lens.max())
+
+
+def _import_flash_varlen():
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:  # the optional .[gpu] extra is not installed
+        return None
+    return flash_attn_varlen_func
+
+
+FLASH_VARLEN = _import_flash_varlen()
+
+
+def flash_supported(q: torch.Tensor) -> bool:
+    """flash-attn runs on CUDA tensors in float16 / bfloat16, and only when it is installed."""
+    return FLASH_VARLEN is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+
+
+def varlen_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: KeyMask, kernel) -> torch.Tensor:
+    """Attention through a variable-length kernel with flash-attn's signature: the padding is dropped, every
+    row's keys are packed one after another, and ``cu_seqlens`` say where each row starts.
+
+    q: (B, Hq, L, d); k, v: (B, Hkv, T + L, d). Returns (B, Hq, L, d). The kernel shares KV heads among query
+    heads itself (grouped-query attention).
+    """
+    b, hq, length, d = q.shape
+    q_packed = q.transpose(1, 2).reshape(b * length, hq, d)  # (B * L, Hq, d): every new token is a query
+    k_packed = k.transpose(1, 2)[mask.key_valid]  # (valid keys of all rows, Hkv, d)
+    v_packed = v.transpose(1, 2)[mask.key_valid]
+    cu_seqlens_q = torch.arange(0, (b + 1) * length, length, dtype=torch.int32, device=q.device)  # (B + 1,)
+    out = kernel(q_packed, k_packed, v_packed, cu_seqlens_q, mask.cu_seqlens_k.to(q.device), length,
+                 mask.max_seqlen_k, causal=mask.causal)  # (B * L, Hq, d)
+    return out.view(b, length, hq, d).transpose(1, 2)
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed=None) -> torch.Tensor:
     """Softmax attention with grouped-query heads.
 
     q: (B, Hq, Lq, d); k, v: (B, Hkv, Lk, d) with Hq a multiple of Hkv (query head j reads KV head
     j // (Hq/Hkv)); allowed: boolean, broadcastable to (B, Hq, Lq, Lk), True = may attend, or None for
-    full attention, or a ``PackedMask``. Returns (B, Hq, Lq, d). Scale 1/sqrt(d).
+    full attention, or a ``PackedMask``, or a ``KeyMask`` (flash-attn's variable-length kernel on a GPU when
+    installed, else SDPA). Returns (B, Hq, Lq, d). Scale 1/sqrt(d).
     """
     if isinstance(allowed, PackedMask):
         return allowed.attend(q, k, v)
+    if isinstance(allowed, KeyMask):
+        if flash_supported(q):
+            return varlen_attend(q, k, v, allowed, FLASH_VARLEN)
+        allowed = allowed.dense
     groups = q.shape[1] // k.shape[1]
     if groups > 1:
         k = k.repeat_interleave(groups, dim=1)  # (B, Hq, Lk, d)

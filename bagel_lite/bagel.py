@@ -73,7 +73,8 @@ class Bagel(nn.Module):
 
         x: (B, L, D) input rows; gen_mask: (B, L) True for generation-expert tokens (or None: all
         understanding); position_ids: (B, L) 1D RoPE positions; allowed: (B, 1, L, T+L) bool mask over the
-        T cached + L new keys (None = everything visible); past: per-layer cached K/V or None.
+        T cached + L new keys, or the same as an ``attention.KeyMask`` (flash-attn on a GPU), or a
+        ``PackedMask`` (None = everything visible); past: per-layer cached K/V or None.
         Returns hidden states (B, L, D) after each token's expert's final norm, and per-layer K/V.
         """
         llm = self.config.llm

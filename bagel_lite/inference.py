@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .attention import KeyMask, causal_allowed  # noqa: F401  (causal_allowed: re-exported for notebook 04)
 from .autoencoder import AutoEncoder
 from .bagel import Bagel
 from .flow import RENORM_TYPES, euler_step, guidance_scales, guided_velocity, timestep_schedule
@@ -93,27 +94,21 @@ class GenerationStopped(Exception):
     """Raised when a callback returns ``False``: the run ended cleanly between two steps."""
 
 
-def causal_allowed(num_cached: int, num_new: int, device=None) -> torch.Tensor:
-    """(1, 1, new, cached + new) mask, causal aligned to the bottom right: new token i sees the whole cache
-    and new tokens 0..i. (SDPA's ``is_causal`` aligns top-left and would hide the cache.)"""
-    return torch.ones(num_new, num_cached + num_new, dtype=torch.bool, device=device).tril(num_cached)[None, None]
-
-
 class BranchBatch:
     """Several contexts padded to one length, so the CFG branches of a denoising step run as one forward.
 
     Built once per generation and reused at every step: padded keys/values per layer (B, Hkv, T, hd), the
-    mask (B, 1, L, T + L) that hides each branch's padding, and each branch's query positions (B, L).
+    ``KeyMask`` that hides each branch's padding, and each branch's query positions (B, L).
     """
 
     def __init__(self, contexts: list[Context], query_len: int, device):
         longest = max(c.kv_len for c in contexts)
         self.size = len(contexts)
         self.positions = torch.tensor([[c.rope] * query_len for c in contexts], device=device)  # (B, L)
-        allowed = torch.ones(self.size, 1, query_len, longest + query_len, dtype=torch.bool, device=device)
+        key_valid = torch.ones(self.size, longest + query_len, dtype=torch.bool, device=device)  # (B, T + L)
         for b, c in enumerate(contexts):
-            allowed[b, :, :, c.kv_len:longest] = False  # padding
-        self.allowed = allowed
+            key_valid[b, c.kv_len:longest] = False  # padding
+        self.allowed = KeyMask(key_valid, query_len, causal=False)
         self.past = None
         if longest:
             full = next(c.past for c in contexts if c.past)
@@ -164,7 +159,7 @@ class Engine:
         if int(positions.max()) >= self.model.config.llm.max_position_embeddings:
             raise ValueError(f"the context would need position {int(positions.max())}, beyond the model's "
                              f"{self.model.config.llm.max_position_embeddings}: shorten the prompt")
-        allowed = causal_allowed(ctx.kv_len, n, self.device) if causal else None
+        allowed = KeyMask(torch.ones(1, ctx.kv_len + n, dtype=torch.bool, device=self.device), n, causal)
         hidden, kvs = self.model.decode(rows[None].to(self.dtype), None if gen_mask is None else gen_mask[None],
                                         positions[None], allowed, list(ctx.past) if ctx.past else None)
         return hidden[0], Context(ctx.kv_len + n, ctx.rope, tuple(kvs))

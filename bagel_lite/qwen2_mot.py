@@ -97,7 +97,8 @@ class PackedAttentionMoT(nn.Module):
         return fn
 
     def forward(self, x, gen_mask, cos, sin, allowed, past: KV | None = None):
-        """x: (B, L, hidden); cos/sin: (B, L, head_dim); allowed: (B, 1, L, T+L) bool or None.
+        """x: (B, L, hidden); cos/sin: (B, L, head_dim); allowed: (B, 1, L, T+L) bool, a mask object of
+        ``attention`` (KeyMask, PackedMask) or None.
 
         Returns the attention output (B, L, hidden) and this layer's keys/values for the T cached plus L new
         tokens (B, num_kv_heads, T+L, head_dim).
