@@ -98,3 +98,19 @@ def plot_mask(ax, allowed: torch.Tensor, split_lens=None, attn_modes=None, title
     ax.set_ylabel("query (looks)")
     if title:
         ax.set_title(title, pad=14)
+
+
+def flow_chart(ax, stages, y: float = 0.0, color: str = "#4c72b0", label: str | None = None, width: float = 1.7,
+               gap: float = 0.45):
+    """Draw ``stages`` (strings) as boxes left to right at height ``y``, joined by arrows; ``label`` on the left."""
+    plt = _plt()
+    if label:
+        ax.text(-0.2, y, label, ha="right", va="center", fontsize=10, fontweight="bold", color=color)
+    for i, text in enumerate(stages):
+        x = i * (width + gap)
+        ax.add_patch(plt.Rectangle((x, y - 0.32), width, 0.64, fc=color, alpha=0.15, ec=color, lw=1.2))
+        ax.text(x + width / 2, y, text, ha="center", va="center", fontsize=8)
+        if i:
+            ax.annotate("", xy=(x, y), xytext=(x - gap, y), arrowprops=dict(arrowstyle="->", color=color, lw=1.2))
+    ax.set_xlim(-2.2, len(stages) * (width + gap))
+    ax.axis("off")
