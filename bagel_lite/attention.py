@@ -173,24 +173,29 @@ def causal_allowed(num_cached: int, num_new: int, device=None) -> torch.Tensor:
 class KeyMask:
     """Which keys the L new tokens of each batch row may see, when keys = [the row's cache (padded), new tokens].
 
-    key_valid: (B, T + L) bool, False for padding; causal: new token i sees the valid cache and new tokens
-    0..i (aligned to the bottom right, as flash-attn aligns a causal mask when queries are fewer than keys),
-    else all valid keys. Built once per context update (or per generation), reused by every layer and step.
+    key_valid: (B, T + L) bool on the CPU, False for padding; causal: new token i sees the valid cache and new
+    tokens 0..i (aligned to the bottom right, as flash-attn aligns a causal mask when queries are fewer than
+    keys), else all valid keys. The lengths are read on the CPU (no device sync on a token step); the masks
+    then move to ``device``. Built once per context update (or per generation), reused by every layer and step.
     """
 
-    def __init__(self, key_valid: torch.Tensor, num_new: int, causal: bool):
+    def __init__(self, key_valid: torch.Tensor, num_new: int, causal: bool, device=None):
         if key_valid.ndim != 2 or key_valid.shape[1] < num_new:
             raise ValueError(f"key_valid must be (batch, cached + {num_new}), got {tuple(key_valid.shape)}")
-        self.key_valid, self.num_new, self.causal = key_valid, num_new, causal
+        key_valid = key_valid.cpu()
+        self.num_new, self.causal = num_new, causal
         cached = key_valid.shape[1] - num_new
-        dense = key_valid[:, None, None, :].expand(-1, 1, num_new, -1)  # (B, 1, L, T + L)
-        if causal:
-            dense = dense & causal_allowed(cached, num_new, key_valid.device)
-        # the same rule as a boolean mask for SDPA; None (no mask at all) when every key is visible
-        self.dense = None if not causal and bool(key_valid.all()) else dense
         lens = key_valid.sum(1)  # (B,) valid keys per row
-        self.cu_seqlens_k = F.pad(lens.cumsum(0), (1, 0)).to(torch.int32)  # (B + 1,) row starts in packed keys
         self.max_seqlen_k = int(lens.max())
+        self.cu_seqlens_k = F.pad(lens.cumsum(0), (1, 0)).to(torch.int32).to(device)  # (B + 1,) row starts
+        # The same rule as a boolean (B, 1, L, T + L) mask for SDPA; None (no mask at all) when every key is
+        # visible to every new token: nothing padded, and not causal or a single new token.
+        if bool(key_valid.all()) and (not causal or num_new == 1):
+            self.dense = None
+        else:
+            dense = key_valid[:, None, None, :].expand(-1, 1, num_new, -1)
+            self.dense = (dense & causal_allowed(cached, num_new) if causal else dense).to(device)
+        self.key_valid = key_valid.to(device)
 
 
 def _import_flash_varlen():
@@ -221,7 +226,7 @@ def varlen_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: KeyMa
     k_packed = k.transpose(1, 2)[mask.key_valid]  # (valid keys of all rows, Hkv, d)
     v_packed = v.transpose(1, 2)[mask.key_valid]
     cu_seqlens_q = torch.arange(0, (b + 1) * length, length, dtype=torch.int32, device=q.device)  # (B + 1,)
-    out = kernel(q_packed, k_packed, v_packed, cu_seqlens_q, mask.cu_seqlens_k.to(q.device), length,
+    out = kernel(q_packed, k_packed, v_packed, cu_seqlens_q, mask.cu_seqlens_k, length,
                  mask.max_seqlen_k, causal=mask.causal)  # (B * L, Hq, d)
     return out.view(b, length, hq, d).transpose(1, 2)
 

@@ -105,10 +105,10 @@ class BranchBatch:
         longest = max(c.kv_len for c in contexts)
         self.size = len(contexts)
         self.positions = torch.tensor([[c.rope] * query_len for c in contexts], device=device)  # (B, L)
-        key_valid = torch.ones(self.size, longest + query_len, dtype=torch.bool, device=device)  # (B, T + L)
+        key_valid = torch.ones(self.size, longest + query_len, dtype=torch.bool)  # (B, T + L), on the CPU
         for b, c in enumerate(contexts):
             key_valid[b, c.kv_len:longest] = False  # padding
-        self.allowed = KeyMask(key_valid, query_len, causal=False)
+        self.allowed = KeyMask(key_valid, query_len, causal=False, device=device)
         self.past = None
         if longest:
             full = next(c.past for c in contexts if c.past)
@@ -159,7 +159,7 @@ class Engine:
         if int(positions.max()) >= self.model.config.llm.max_position_embeddings:
             raise ValueError(f"the context would need position {int(positions.max())}, beyond the model's "
                              f"{self.model.config.llm.max_position_embeddings}: shorten the prompt")
-        allowed = KeyMask(torch.ones(1, ctx.kv_len + n, dtype=torch.bool, device=self.device), n, causal)
+        allowed = KeyMask(torch.ones(1, ctx.kv_len + n, dtype=torch.bool), n, causal, self.device)
         hidden, kvs = self.model.decode(rows[None].to(self.dtype), None if gen_mask is None else gen_mask[None],
                                         positions[None], allowed, list(ctx.past) if ctx.past else None)
         return hidden[0], Context(ctx.kv_len + n, ctx.rope, tuple(kvs))

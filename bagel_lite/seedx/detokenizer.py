@@ -98,8 +98,8 @@ class Denoiser(nn.Module):
                 key_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x_t: (B, 16, 64) noisy latent tokens; t: (B,) flow times; context: (B, M, context_dim).
         Returns the predicted velocity (B, 16, 64)."""
-        ids = torch.arange(x_t.shape[1], device=x_t.device)
-        h = self.latent_in(x_t) + self.pos_embed(ids) + self.time_embedder(t)[:, None]  # (B, 16, width)
+        positions = self.pos_embed.pos_embed  # (16, width): one fixed row per latent token, row-major
+        h = self.latent_in(x_t) + positions + self.time_embedder(t)[:, None]  # (B, 16, width)
         for block in self.blocks:
             h = block(h, context, key_mask)
         return self.latent_out(self.norm_out(h))

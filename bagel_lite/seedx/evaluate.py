@@ -37,15 +37,11 @@ def held_out_scenes(seedx: SeedX) -> list[Scene]:
     return [scenes[i] for i in test]
 
 
-def _pixels(seedx: SeedX, images) -> torch.Tensor:
-    return seedx.pixels(images)  # (B, 3, 64, 64) in [-1, 1]
-
-
 def reconstruction_scores(seedx: SeedX, scenes: list[Scene], n: int, mode: str = "kv", seed: int = 0) -> dict:
     """Mean absolute pixel error (0..255) of the reconstructions, and the evaluator's attribute accuracy."""
     originals = [render(sc) for sc in scenes]
     images = seedx.reconstruct(originals, n, mode, seed)
-    mae = float(((_pixels(seedx, images) - _pixels(seedx, originals)).abs() * 127.5).mean())
+    mae = float(((seedx.pixels(images) - seedx.pixels(originals)).abs() * 127.5).mean())  # (B, 3, 64, 64) each
     return {"mae": mae, **attribute_accuracy(images, scenes)}
 
 

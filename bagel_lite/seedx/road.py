@@ -125,7 +125,9 @@ class SeedX:
     @torch.no_grad()
     def negative(self, n: int) -> torch.Tensor:
         """The guidance negative: embeddings of the all-zero (gray) image, as SEED-X. (1, n, vit_dim)."""
-        return self.standardize(pool(vit_grid(self.pipe.model, gray_image()), check_n(n)), n)
+        if "gray_grid" not in self._cache:  # computed once, pooled per N
+            self._cache["gray_grid"] = vit_grid(self.pipe.model, gray_image())  # (1, 8, 8, vit_dim)
+        return self.standardize(pool(self._cache["gray_grid"], check_n(n)), n)
 
     # --- the trained parts ----------------------------------------------------------------------------------
 

@@ -131,7 +131,7 @@ def _lr(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
 
 
-def _optimize(params, steps: int, lr: float, warmup: int, loss_fn, desc: str, log) -> float:
+def _optimize(params, steps: int, lr: float, warmup: int, loss_fn, desc: str, log) -> None:
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     bar = tqdm(range(steps), desc=desc, leave=False)
     for step in bar:
@@ -145,7 +145,6 @@ def _optimize(params, steps: int, lr: float, warmup: int, loss_fn, desc: str, lo
         if step % 10 == 0:
             bar.set_postfix(shown)
     log(f"  {desc}: " + "  ".join(f"{k} {v}" for k, v in shown.items()))
-    return loss.item()
 
 
 def train_base(pipe, tables: Tables, captions: CaptionTable, s: AblationSettings, log=print):

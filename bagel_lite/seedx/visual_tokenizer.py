@@ -59,7 +59,7 @@ def vit_grid(model: Bagel, pixels: torch.Tensor, batch: int = 512) -> torch.Tens
             shifted = padded[:, :, a * half:a * half + h, c * half:c * half + w]  # (B, 3, h, w)
             for start in range(0, b, batch):
                 chunk = shifted[start:start + batch]
-                patches = torch.cat([patchify(img, p) for img in chunk])  # (n * 16, p*p*3)
+                patches = torch.vmap(lambda img: patchify(img, p))(chunk).flatten(0, 1)  # (n * 16, p*p*3)
                 feats = model.vit_model(patches, ids.repeat(len(chunk)), [len(ids)] * len(chunk))
                 grid[start:start + batch, a::2, c::2] = feats.view(len(chunk), side, side, -1)
     return grid
