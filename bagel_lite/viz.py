@@ -114,3 +114,79 @@ def flow_chart(ax, stages, y: float = 0.0, color: str = "#4c72b0", label: str | 
             ax.annotate("", xy=(x, y), xytext=(x - gap, y), arrowprops=dict(arrowstyle="->", color=color, lw=1.2))
     ax.set_xlim(-2.2, len(stages) * (width + gap))
     ax.axis("off")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Classroom kit and exercises
+
+_PROJECTOR_RC = {"font.size": 15, "axes.titlesize": 16, "axes.labelsize": 15, "xtick.labelsize": 13,
+                 "ytick.labelsize": 13, "legend.fontsize": 13, "figure.titlesize": 17, "figure.dpi": 130}
+_PROJECTOR_CSS = """<style id="bagel-lite-projector">
+:root { --jp-widgets-font-size: %dpx; --jp-widgets-inline-height: %dpx; --jp-widgets-inline-label-width: %dpx;
+        --jp-content-font-size1: %dpx; --jp-code-font-size: %dpx; --jp-ui-font-size1: %dpx; }
+.widget-label, .widget-readout, .widget-html-content, .jupyter-widgets { font-size: %dpx !important; }
+</style>"""
+_saved_rc: dict = {}
+
+
+def projector(on: bool = True, scale: float = 1.5):
+    """Switch projector sizes on (or back off) for this notebook session: one call, top of the notebook.
+
+    Sets matplotlib's rcParams (fonts and figure dpi: every later figure, hard-coded font sizes included,
+    is drawn ``scale`` times larger) and shows a ``<style>`` that enlarges widget labels, readouts and the
+    notebook's text. ``projector(False)`` restores the rcParams it changed and shows the default sizes again.
+    Returns the HTML it displayed (``None`` outside IPython).
+    """
+    import matplotlib as mpl
+
+    if on:
+        for key in _PROJECTOR_RC:
+            _saved_rc.setdefault(key, mpl.rcParams[key])
+        base = _saved_rc.get("figure.dpi", 100.0)
+        mpl.rcParams.update({k: v for k, v in _PROJECTOR_RC.items() if k != "figure.dpi"})
+        mpl.rcParams["figure.dpi"] = base * scale
+        px = [round(13 * scale), round(28 * scale), round(80 * scale), round(14 * scale), round(13 * scale),
+              round(13 * scale), round(13 * scale)]
+    else:
+        mpl.rcParams.update(_saved_rc)
+        _saved_rc.clear()
+        px = [13, 28, 80, 14, 13, 13, 13]
+    css = _PROJECTOR_CSS % tuple(px)
+    try:
+        from IPython import get_ipython
+        from IPython.display import HTML, display
+    except ImportError:
+        return None
+    if get_ipython() is None:
+        return None
+    display(HTML(css))
+    return css
+
+
+def check_prediction(prediction, expected, hint: str, tol: float = 1e-6) -> bool | None:
+    """An exercise's check: says right / not yet (with ``hint``), never prints ``expected``.
+
+    ``None`` as the prediction (the exercise not done yet) prints the hint and returns ``None``; numbers are
+    compared within ``tol`` (relative for large values), strings case-insensitively, everything else with ``==``.
+    """
+    if prediction is None:
+        print(f"Write your prediction into the variable first, then run the cell again. Hint: {hint}")
+        return None
+    if isinstance(expected, int | float) and isinstance(prediction, int | float):
+        right = abs(float(prediction) - float(expected)) <= tol * max(1.0, abs(float(expected)))
+    elif isinstance(expected, str) and isinstance(prediction, str):
+        right = prediction.strip().lower() == expected.strip().lower()
+    elif isinstance(expected, torch.Tensor) or isinstance(prediction, torch.Tensor):
+        p, e = torch.as_tensor(prediction, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)
+        right = p.shape == e.shape and bool(torch.allclose(p, e, atol=tol))
+    else:
+        right = prediction == expected
+    print("Right." if right else f"Not yet. Hint: {hint}")
+    return bool(right)
+
+
+def verdict(found, truth, why: str = "") -> str:
+    """'right' or 'wrong (truth: X; why)' for a showcase line that compares a model's answer with the truth."""
+    if found == truth:
+        return "right"
+    return f"WRONG (truth: {truth}" + (f"; {why})" if why else ")")
