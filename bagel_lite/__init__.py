@@ -10,10 +10,13 @@
 from .bagel import Bagel
 from .checkpoint import CheckpointError, load_bagel, save_bagel
 from .config import BagelConfig, full, tiny
-from .inference import EDIT_SETTINGS, T2I_SETTINGS, Context, GenerationStopped, ImageSettings, StepInfo
+from .conversation import Conversation
+from .inference import Context, GenerationStopped, StepInfo, TokenInfo
 from .pipeline import Generated, Pipeline, load
+from .settings import EDIT_SETTINGS, T2I_SETTINGS, ImageSettings
 
 __all__ = [
-    "Bagel", "BagelConfig", "CheckpointError", "Context", "EDIT_SETTINGS", "Generated", "GenerationStopped",
-    "ImageSettings", "Pipeline", "StepInfo", "T2I_SETTINGS", "full", "load", "load_bagel", "save_bagel", "tiny",
+    "Bagel", "BagelConfig", "CheckpointError", "Context", "Conversation", "EDIT_SETTINGS", "Generated",
+    "GenerationStopped", "ImageSettings", "Pipeline", "StepInfo", "T2I_SETTINGS", "TokenInfo", "full", "load",
+    "load_bagel", "save_bagel", "tiny",
 ]

@@ -26,9 +26,10 @@ from tqdm.auto import tqdm
 from .attention import KeyMask, causal_allowed  # noqa: F401  (causal_allowed: re-exported for notebook 04)
 from .autoencoder import AutoEncoder
 from .bagel import Bagel
-from .flow import RENORM_TYPES, euler_step, guidance_scales, guided_velocity, timestep_schedule
+from .flow import euler_step, guidance_scales, guided_velocity, timestep_schedule
 from .patchify import patchify, position_ids, unpatchify
 from .qwen2_mot import KV
+from .settings import T2I_SETTINGS, ImageSettings, check_image_shape, check_init_noise, check_text_sampling
 from .tokenizer import SpecialTokens, cut_generated, wrap_text
 from .transforms import ImageTransform, tensor_to_pil
 
@@ -40,41 +41,6 @@ class Context:
     kv_len: int = 0  # tokens in the cache
     rope: int = 0  # next free 1D RoPE position
     past: tuple[KV, ...] | None = None  # per layer: keys, values of shape (1, num_kv_heads, kv_len, head_dim)
-
-
-@dataclass(frozen=True)
-class ImageSettings:
-    """Sampler settings (official names). ``num_timesteps`` counts grid points: one fewer Euler steps."""
-
-    cfg_text_scale: float = 4.0
-    cfg_img_scale: float = 1.0
-    cfg_interval: tuple[float, float] = (0.4, 1.0)
-    timestep_shift: float = 3.0
-    num_timesteps: int = 50
-    cfg_renorm_type: str = "global"
-    cfg_renorm_min: float = 0.0
-
-    def __post_init__(self):
-        object.__setattr__(self, "cfg_interval", tuple(float(v) for v in self.cfg_interval))
-        if not isinstance(self.num_timesteps, int) or self.num_timesteps < 2:
-            raise ValueError(f"num_timesteps must be an integer >= 2 (grid points; 2 gives one Euler step), "
-                             f"got {self.num_timesteps!r}")
-        for name in ("cfg_text_scale", "cfg_img_scale"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (1 means no guidance), got {getattr(self, name)}")
-        if self.timestep_shift <= 0:
-            raise ValueError(f"timestep_shift must be > 0 (1 = no shift, 3 = default), got {self.timestep_shift}")
-        lo, hi = self.cfg_interval
-        if not (len(self.cfg_interval) == 2 and 0.0 <= lo <= hi <= 1.0):
-            raise ValueError(f"cfg_interval must be two numbers 0 <= lo <= hi <= 1, got {self.cfg_interval}")
-        if self.cfg_renorm_type not in RENORM_TYPES:
-            raise ValueError(f"cfg_renorm_type {self.cfg_renorm_type!r} is unknown; use one of {RENORM_TYPES}")
-        if not 0.0 <= self.cfg_renorm_min <= 1.0:
-            raise ValueError(f"cfg_renorm_min must lie in [0, 1] (1 switches renorm off), got {self.cfg_renorm_min}")
-
-
-T2I_SETTINGS = ImageSettings()
-EDIT_SETTINGS = ImageSettings(cfg_img_scale=2.0, cfg_interval=(0.0, 1.0), cfg_renorm_type="text_channel")
 
 
 @dataclass
@@ -90,8 +56,20 @@ class StepInfo:
     v: torch.Tensor  # (N, 64) guided velocity actually used
 
 
+@dataclass
+class TokenInfo:
+    """Handed to a text callback after each written token."""
+
+    step: int  # 0 .. max_length - 1
+    token: int  # the id just chosen (the next one fed)
+
+
 class GenerationStopped(Exception):
-    """Raised when a callback returns ``False``: the run ended cleanly between two steps."""
+    """Raised when a callback returns ``False``: the run ended cleanly between two steps (or two tokens)."""
+
+    def __init__(self, step: int, unit: str = "step"):
+        super().__init__(f"stopped by the callback at {unit} {step}")
+        self.step, self.unit = step, unit
 
 
 class BranchBatch:
@@ -228,28 +206,37 @@ class Engine:
     # Writing text
 
     def generate_text(self, ctx: Context, max_length: int = 1000, do_sample: bool = False, temperature: float = 1.0,
-                      generator: torch.Generator | None = None, progress: bool = False) -> list[int]:
+                      generator: torch.Generator | None = None, progress: bool = False,
+                      callback: Callable[[TokenInfo], object] | None = None) -> list[int]:
         """Token ids from ``<|im_start|>`` (included) up to, not including, ``<|im_end|>``; at most
-        ``max_length`` ids in all. ``ctx`` itself is left unchanged."""
-        if max_length < 1:
-            raise ValueError(f"max_length must be >= 1, got {max_length}")
-        if do_sample and temperature <= 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+        ``max_length`` ids in all. ``ctx`` itself is left unchanged. A ``callback`` that returns False stops
+        the writing (``GenerationStopped``); so does reaching the model's last position before ``<|im_end|>``
+        (a ``ValueError``: no answer is silently cut)."""
+        limit = self.model.config.llm.max_position_embeddings
+        check_text_sampling("max_length", max_length, limit, do_sample, temperature)
         token, ids = self.special.bos, []
-        for _ in tqdm(range(max_length), desc="text tokens", disable=not progress, leave=False):
+        for step in tqdm(range(max_length), desc="text tokens", disable=not progress, leave=False):
+            if ctx.rope >= limit:
+                raise ValueError(f"the answer reached the model's last position ({limit}) after {step} tokens "
+                                 "without finishing: shorten the prompt or the conversation (new chat)")
             ids.append(token)
             rows = self.model.embed_text(torch.tensor([token], device=self.device))
             hidden, ctx = self._forward(ctx, rows, torch.tensor([ctx.rope], device=self.device), None, causal=True)
             ctx = replace(ctx, rope=ctx.rope + 1)
-            logits = self.model.logits(hidden[-1]).float()  # (vocab,)
-            if do_sample:
-                probs = torch.softmax(logits / temperature, dim=-1)
-                token = int(torch.multinomial(probs.cpu(), 1, generator=generator))
-            else:
-                token = int(logits.argmax())
+            token = self._next_token(self.model.logits(hidden[-1]).float(), do_sample, temperature, generator)
+            if callback is not None and callback(TokenInfo(step, token)) is False:
+                raise GenerationStopped(step, "token")
             if token == self.special.eos:
                 break
         return ids
+
+    @staticmethod
+    def _next_token(logits: torch.Tensor, do_sample: bool, temperature: float, generator) -> int:
+        """The argmax of the (vocab,) logits, or a sample at ``temperature`` drawn with ``generator``."""
+        if not do_sample:
+            return int(logits.argmax())
+        probs = torch.softmax(logits / temperature, dim=-1)
+        return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
     def decode_text(self, ids: list[int]) -> str:
         return cut_generated(self.tokenizer.decode(ids))
@@ -257,12 +244,16 @@ class Engine:
     # ------------------------------------------------------------------------------------------------------
     # Drawing an image
 
-    def check_image_shape(self, height: int, width: int):
+    def default_image_shape(self) -> tuple[int, int]:
+        """The largest square the latent position table covers, at most 1024 x 1024."""
         cfg = self.model.config
-        step, largest = cfg.latent_downsample, cfg.max_latent_size * cfg.latent_downsample
-        if height % step or width % step or not (step <= height <= largest and step <= width <= largest):
-            raise ValueError(f"image_shapes must be (height, width), multiples of {step} between {step} and "
-                             f"{largest} for this model, got ({height}, {width})")
+        side = min(1024, cfg.max_latent_size * cfg.latent_downsample)
+        return side, side
+
+    def check_image_shape(self, image_shape) -> tuple[int, int]:
+        """(height, width) as ints, multiples of the latent stride within the latent position table."""
+        cfg = self.model.config
+        return check_image_shape(image_shape, cfg.latent_downsample, cfg.max_latent_size * cfg.latent_downsample)
 
     def generate_image(self, image_shape: tuple[int, int], gen: Context, cfg_text: Context, cfg_img: Context,
                        settings: ImageSettings = T2I_SETTINGS, init_noise: torch.Tensor | None = None,
@@ -270,16 +261,13 @@ class Engine:
                        batch_cfg: bool = True, progress: bool = True) -> torch.Tensor:
         """Denoise latent tokens from noise; returns (N, 64) float32 latent tokens of an image of image_shape."""
         cfg = self.model.config
-        height, width = image_shape
-        self.check_image_shape(height, width)
-        rows, cols = height // cfg.latent_downsample, width // cfg.latent_downsample
-        n = rows * cols
+        height, width = self.check_image_shape(image_shape)
+        if not isinstance(settings, ImageSettings):
+            raise TypeError(f"settings must be an ImageSettings, got {type(settings).__name__}")
+        n = (height // cfg.latent_downsample) * (width // cfg.latent_downsample)
         if init_noise is None:
             init_noise = torch.randn(n, cfg.patch_latent_dim, generator=generator)  # drawn on the CPU, as official
-        if tuple(init_noise.shape) != (n, cfg.patch_latent_dim):
-            raise ValueError(f"init_noise must have shape ({n}, {cfg.patch_latent_dim}) for a {height}x{width} "
-                             f"image, got {tuple(init_noise.shape)}")
-        x = init_noise.to(self.device, torch.float32)  # (N, 64)
+        x = check_init_noise(init_noise, n, cfg.patch_latent_dim, (height, width)).to(self.device, torch.float32)
 
         # Built once per generation, reused at every step.
         ids = position_ids(height, width, cfg.latent_downsample, cfg.max_latent_size).to(self.device)
@@ -316,7 +304,7 @@ class Engine:
             if callback is not None:
                 info = StepInfo(k, t, x, v_by["cond"], v_by.get("text"), v_by.get("img"), v)
                 if callback(info) is False:
-                    raise GenerationStopped(f"stopped by the callback at step {k}")
+                    raise GenerationStopped(k)
             x = euler_step(x, v, t, t_next)
         return x
 

@@ -17,18 +17,29 @@ Every result records its seed and settings and the one-line call that reproduces
 
 from __future__ import annotations
 
-import random
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from .checkpoint import load_bagel, read_config
+from .checks import check_bool
+from .conversation import Conversation
 from .devices import check_fits, estimate_memory, free_gpu_memory, load_on_gpus, load_quantized
-from .inference import EDIT_SETTINGS, T2I_SETTINGS, Context, Engine, ImageSettings
+from .inference import Engine
+from .settings import (
+    EDIT_SETTINGS,
+    T2I_SETTINGS,
+    ImageSettings,
+    check_init_noise,
+    check_text,
+    check_text_sampling,
+    image_settings,
+    make_generator,
+)
 from .tokenizer import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT
-from .transforms import pil_img2rgb
+from .transforms import read_image, resized_size
 
 
 @dataclass
@@ -47,17 +58,12 @@ class Generated:
     text: str | None
     seed: int | None
     settings: dict = field(default_factory=dict)
-    call: str = ""  # Python that reproduces it, given `pipe` (and `image` for edits)
+    call: str = ""  # Python that reproduces it, given `pipe` (`image` for edits, `init_noise` if one was passed)
     latents: torch.Tensor | None = None  # (N, 64) final latent tokens
     text_ids: list[int] | None = None
 
     def _repr_png_(self):  # shows the image in a notebook
         return self.image._repr_png_()
-
-
-def _kwargs_text(settings: ImageSettings, defaults: ImageSettings) -> str:
-    changed = {k: v for k, v in asdict(settings).items() if asdict(defaults)[k] != v}
-    return "".join(f", {k}={v!r}" for k, v in changed.items())
 
 
 class Pipeline(Engine):
@@ -88,10 +94,9 @@ class Pipeline(Engine):
 
     # ------------------------------------------------------------------------------------------------------
 
-    def default_image_shape(self) -> tuple[int, int]:
-        cfg = self.model.config
-        side = min(1024, cfg.max_latent_size * cfg.latent_downsample)
-        return side, side
+    def chat(self) -> Conversation:
+        """A conversation kept across turns: ``chat.send("a red circle", reply_image=True, seed=1)``."""
+        return Conversation(self)
 
     def interleave(self, items: list, **kwargs) -> list:
         """The official ``interleave_inference``: the list of outputs of ``run``."""
@@ -102,95 +107,141 @@ class Pipeline(Engine):
             max_think_tokens: int = 1000, do_sample: bool = False, temperature: float = 0.3,
             settings: ImageSettings = T2I_SETTINGS, image_shape: tuple[int, int] | None = None,
             generator: torch.Generator | None = None, init_noise: torch.Tensor | None = None,
-            callback=None, batch_cfg: bool = True, progress: bool = True) -> InterleaveResult:
-        """Read ``items`` (strings and PIL images, in order), then write text (``understanding_output``) or
-        draw an image. Outputs: [answer] or [plan (think mode), image], with the raw ids and latents."""
-        if not items:
-            raise ValueError("items is empty: give at least one prompt string or image")
-        for item in items:
-            if isinstance(item, str) and not item.strip():
-                raise ValueError("a prompt is empty: write what to draw, edit or answer")
-            if not isinstance(item, (str, Image.Image)):
-                raise TypeError(f"items must be strings or PIL images, got {type(item).__name__}")
-        gen = cfg_text = cfg_img = Context()
-        if think:
-            system = VLM_THINK_SYSTEM_PROMPT if understanding_output else GEN_THINK_SYSTEM_PROMPT
-            gen, cfg_img = self.add_text(gen, system), self.add_text(cfg_img, system)
-        input_shape = None  # (height, width) of the last input image: the size of an edit
-        for item in items:
-            if isinstance(item, str):
-                cfg_text = gen  # the context before this text: the text-unconditional branch
-                gen, cfg_img = self.add_text(gen, item), self.add_text(cfg_img, item)
-            else:
-                image = self.vae_transform.resize(pil_img2rgb(item))  # every input image: VAE resize first
-                gen = self.add_image(gen, image, vae=not understanding_output, vit=True, generator=generator)
-                input_shape = (image.height, image.width)
-                cfg_text = gen  # images are never added to cfg_img
-        text_kw = dict(max_length=max_think_tokens, do_sample=do_sample, temperature=temperature,
-                       generator=generator, progress=progress)
+            callback=None, text_callback=None, batch_cfg: bool = True, progress: bool = True) -> InterleaveResult:
+        """Read ``items`` in order (strings are text; PIL images and ``pathlib.Path`` files are images), then
+        write text (``understanding_output``) or draw an image. Outputs: [answer] or [plan (think mode), image],
+        with the raw ids and latents. Everything is checked before any compute. ``callback`` gets each Euler
+        step (``StepInfo``), ``text_callback`` each written token (``TokenInfo``); either stops the run by
+        returning False. Without a ``generator`` one is made from a fresh seed (never the global RNG)."""
+        items, shape = self._check_run(items, think, understanding_output, max_think_tokens, do_sample,
+                                       temperature, settings, image_shape, init_noise, batch_cfg)
+        generator = generator if generator is not None else make_generator(None)[1]
+        system = (VLM_THINK_SYSTEM_PROMPT if understanding_output else GEN_THINK_SYSTEM_PROMPT) if think else None
+        conv = Conversation(self, system)
+        with conv.turn():
+            for item in items:
+                if isinstance(item, str):
+                    conv.say(item)
+                else:
+                    conv.show(item, generator, vae=not understanding_output)
+            write = dict(max_tokens=max_think_tokens, do_sample=do_sample, temperature=temperature,
+                         generator=generator, callback=text_callback, progress=progress)
+            if understanding_output:
+                ids, answer = conv.write(**write)
+                return InterleaveResult([answer], text_ids=ids)
+            outputs, ids = [], None
+            if think:
+                ids, plan = conv.write(**write)
+                conv.remember_plan(plan)  # the plan conditions only the full branch
+                outputs.append(plan)
+            shape = shape or conv.state.input_shape or self.default_image_shape()
+            tokens, image = conv.draw(shape, settings, generator, init_noise, callback, batch_cfg, progress)
+            return InterleaveResult(outputs + [image], ids, tokens, shape)
+
+    def _check_run(self, items, think, understanding_output, max_think_tokens, do_sample, temperature, settings,
+                   image_shape, init_noise, batch_cfg) -> tuple[list, tuple[int, int] | None]:
+        """Every input of ``run``, checked before any compute: the items (images read in full) and the
+        output size (None: the size of the last input image, known only after its resize)."""
+        if not isinstance(items, (list, tuple)) or not items:
+            raise ValueError("items must be a non-empty list of prompt strings and images")
+        items = [check_text("prompt", x) if isinstance(x, str) else read_image(x, "items image") for x in items]
+        for name, flag in (("think", think), ("understanding_output", understanding_output),
+                           ("batch_cfg", batch_cfg)):
+            check_bool(name, flag)
+        if think or understanding_output:
+            limit = self.model.config.llm.max_position_embeddings
+            check_text_sampling("max_think_tokens", max_think_tokens, limit, do_sample, temperature)
         if understanding_output:
-            ids = self.generate_text(gen, **text_kw)
-            return InterleaveResult([self.decode_text(ids)], text_ids=ids)
-        outputs, ids = [], None
-        if think:
-            ids = self.generate_text(gen, **text_kw)
-            plan = self.decode_text(ids)
-            gen = self.add_text(gen, plan)  # the plan conditions only the full branch
-            outputs.append(plan)
-        shape = tuple(image_shape or input_shape or self.default_image_shape())
-        tokens = self.generate_image(shape, gen, cfg_text, cfg_img, settings, init_noise, generator, callback,
-                                     batch_cfg, progress)
-        outputs.append(self.decode_image(tokens, shape))
-        return InterleaveResult(outputs, ids, tokens, shape)
+            return items, None
+        if not isinstance(settings, ImageSettings):
+            raise TypeError(f"settings must be an ImageSettings, got {type(settings).__name__}")
+        images = [x for x in items if isinstance(x, Image.Image)]
+        if image_shape is not None:
+            shape = self.check_image_shape(image_shape)
+        elif images:
+            shape = self.check_image_shape(resized_size(*images[-1].size, self.vae_transform.max_size,
+                                                        self.vae_transform.min_size, self.vae_transform.stride,
+                                                        self.vae_transform.max_pixels)[::-1])
+        else:
+            shape = self.default_image_shape()
+        if init_noise is not None:
+            cfg = self.model.config
+            n = (shape[0] // cfg.latent_downsample) * (shape[1] // cfg.latent_downsample)
+            check_init_noise(init_noise, n, cfg.patch_latent_dim, shape)
+        return items, shape
 
     # ------------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _generator(seed: int | None) -> tuple[int, torch.Generator]:
-        seed = random.randrange(2**31) if seed is None else int(seed)
-        return seed, torch.Generator().manual_seed(seed)
-
     def generate(self, prompt: str, *, think: bool = False, image_shape: tuple[int, int] | None = None,
                  seed: int | None = None, init_noise: torch.Tensor | None = None, callback=None,
-                 max_think_tokens: int = 1000, batch_cfg: bool = True, progress: bool = True,
+                 text_callback=None, max_think_tokens: int = 1000, batch_cfg: bool = True, progress: bool = True,
                  **settings) -> Generated:
         """Text to image. ``settings`` override the official text-to-image defaults (``T2I_SETTINGS``):
         cfg_text_scale 4, cfg_img_scale 1, cfg_interval (0.4, 1), timestep_shift 3, num_timesteps 50, global."""
-        chosen = replace(T2I_SETTINGS, **settings)
-        shape = tuple(image_shape or self.default_image_shape())
-        seed, gen = self._generator(seed)
-        res = self.run([prompt], think=think, settings=chosen, image_shape=shape, generator=gen,
-                       init_noise=init_noise, callback=callback, max_think_tokens=max_think_tokens,
-                       batch_cfg=batch_cfg, progress=progress)
-        call = (f"pipe.generate({prompt!r}, seed={seed}, image_shape={shape}"
-                + (", think=True" if think else "") + _kwargs_text(chosen, T2I_SETTINGS) + ")")
+        chosen = image_settings(T2I_SETTINGS, settings)
+        check_text("prompt", prompt)
+        shape = self.check_image_shape(image_shape or self.default_image_shape())
+        seed, generator = make_generator(seed)
+        res = self.run([prompt], think=think, settings=chosen, image_shape=shape, generator=generator,
+                       init_noise=init_noise, callback=callback, text_callback=text_callback,
+                       max_think_tokens=max_think_tokens, batch_cfg=batch_cfg, progress=progress)
+        call = _call("generate", repr(prompt), seed=seed, image_shape=shape,
+                     **_run_kwargs(think, max_think_tokens, init_noise, batch_cfg), **_changed(chosen, T2I_SETTINGS))
         return Generated(res.outputs[-1], res.outputs[0] if think else None, seed, asdict(chosen), call,
                          res.latents, res.text_ids)
 
     def edit(self, image: Image.Image, instruction: str, *, think: bool = False, seed: int | None = None,
-             init_noise: torch.Tensor | None = None, callback=None, max_think_tokens: int = 1000,
+             init_noise: torch.Tensor | None = None, callback=None, text_callback=None, max_think_tokens: int = 1000,
              batch_cfg: bool = True, progress: bool = True, **settings) -> Generated:
-        """Edit ``image`` following ``instruction``. Defaults (``EDIT_SETTINGS``): cfg_text_scale 4,
-        cfg_img_scale 2, cfg_interval (0, 1), text_channel renorm. Output size = the input's VAE size."""
-        chosen = replace(EDIT_SETTINGS, **settings)
-        seed, gen = self._generator(seed)
-        res = self.run([image, instruction], think=think, settings=chosen, generator=gen,
-                       init_noise=init_noise, callback=callback, max_think_tokens=max_think_tokens,
-                       batch_cfg=batch_cfg, progress=progress)
-        call = (f"pipe.edit(image, {instruction!r}, seed={seed}" + (", think=True" if think else "")
-                + _kwargs_text(chosen, EDIT_SETTINGS) + ")")
+        """Edit ``image`` (a PIL image, or the path or bytes of an image file) following ``instruction``.
+        Defaults (``EDIT_SETTINGS``): cfg_text_scale 4, cfg_img_scale 2, cfg_interval (0, 1), text_channel
+        renorm. Output size = the input's VAE size."""
+        chosen = image_settings(EDIT_SETTINGS, settings)
+        image, instruction = read_image(image), check_text("instruction", instruction)
+        seed, generator = make_generator(seed)
+        res = self.run([image, instruction], think=think, settings=chosen, generator=generator,
+                       init_noise=init_noise, callback=callback, text_callback=text_callback,
+                       max_think_tokens=max_think_tokens, batch_cfg=batch_cfg, progress=progress)
+        call = _call("edit", "image", repr(instruction), seed=seed,
+                     **_run_kwargs(think, max_think_tokens, init_noise, batch_cfg), **_changed(chosen, EDIT_SETTINGS))
         return Generated(res.outputs[-1], res.outputs[0] if think else None, seed, asdict(chosen), call,
                          res.latents, res.text_ids)
 
     def answer(self, image: Image.Image | None, question: str, *, think: bool = False, max_tokens: int = 1000,
-               do_sample: bool = False, temperature: float = 0.3, seed: int | None = None,
+               do_sample: bool = False, temperature: float = 0.3, seed: int | None = None, callback=None,
                progress: bool = False) -> str:
-        """Answer a question about an image (or, with ``image=None``, about nothing but the text). Greedy by
-        default, as the official notebook."""
-        _, gen = self._generator(seed)
-        items = [question] if image is None else [image, question]
-        return self.interleave(items, think=think, understanding_output=True, max_think_tokens=max_tokens,
-                               do_sample=do_sample, temperature=temperature, generator=gen, progress=progress)[0]
+        """Answer a question about an image (a PIL image, a path or bytes; ``None``: about the text alone).
+        Greedy by default, as the official notebook. ``callback`` gets each token (``TokenInfo``); returning
+        False stops (``GenerationStopped``)."""
+        items = [check_text("question", question)] if image is None else [read_image(image), question]
+        _, generator = make_generator(seed)
+        return self.run(items, think=think, understanding_output=True, max_think_tokens=max_tokens,
+                        do_sample=do_sample, temperature=temperature, generator=generator, text_callback=callback,
+                        progress=progress).outputs[0]
+
+
+class _Name(str):
+    def __repr__(self):  # a variable name inside a call string, not a string literal
+        return str(self)
+
+
+def _changed(settings: ImageSettings, defaults: ImageSettings) -> dict:
+    return {k: v for k, v in asdict(settings).items() if asdict(defaults)[k] != v}
+
+
+def _run_kwargs(think: bool, max_think_tokens: int, init_noise, batch_cfg: bool) -> dict:
+    """The keywords besides the sampler settings that change the output, when they are not the defaults."""
+    kwargs = {"think": True, "max_think_tokens": max_think_tokens} if think else {}
+    if init_noise is not None:
+        kwargs["init_noise"] = _Name("init_noise")
+    if not batch_cfg:
+        kwargs["batch_cfg"] = False
+    return kwargs
+
+
+def _call(method: str, *args: str, **kwargs) -> str:
+    """``pipe.method(args, k=v, ...)``: the Python that makes the same output again."""
+    return f"pipe.{method}(" + ", ".join([*args, *(f"{k}={v!r}" for k, v in kwargs.items())]) + ")"
 
 
 def load(folder: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None,

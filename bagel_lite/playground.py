@@ -15,16 +15,17 @@ Generation runs in a worker thread so that the kernel can still hear the Stop bu
 
 from __future__ import annotations
 
+import html
 import io
 import threading
-from dataclasses import replace
 
 import torch
 from PIL import Image
 
-from .inference import EDIT_SETTINGS, T2I_SETTINGS, Context, GenerationStopped, ImageSettings
+from .inference import GenerationStopped
 from .pipeline import Generated, Pipeline
-from .transforms import pil_img2rgb
+from .settings import EDIT_SETTINGS, T2I_SETTINGS, ImageSettings
+from .transforms import pil_img2rgb, read_image
 
 LABELS = {
     "en": {"t2i": "Text to image", "edit": "Edit", "und": "Understand", "chat": "Chat", "prompt": "Prompt",
@@ -32,13 +33,13 @@ LABELS = {
            "answer": "Answer", "send": "Send", "reply_image": "reply with an image", "use_last": "use last image",
            "think": "think first", "seed": "seed", "size": "size", "upload": "image", "reset": "new chat",
            "sample": "sample text", "temperature": "temperature", "max_think": "max think tokens",
-           "stopped": "stopped at step {step}", "busy": "drawing ..."},
+           "stopped": "stopped at {unit} {step}", "busy": "drawing ...", "step": "step", "token": "token"},
     "zh": {"t2i": "文生图", "edit": "图像编辑", "und": "图像理解", "chat": "对话", "prompt": "提示词",
            "instruction": "编辑指令", "question": "问题", "generate": "生成", "stop": "停止", "answer": "回答",
            "send": "发送", "reply_image": "以图像回复", "use_last": "使用上一张图", "think": "先思考",
            "seed": "随机种子", "size": "尺寸", "upload": "图像", "reset": "新对话", "sample": "采样文本",
-           "temperature": "温度", "max_think": "最大思考长度", "stopped": "已在第 {step} 步停止",
-           "busy": "生成中 ..."},
+           "temperature": "温度", "max_think": "最大思考长度", "stopped": "已在第 {step} {unit}停止",
+           "busy": "生成中 ...", "step": "步", "token": "个词元"},
 }
 RATIOS = {"1:1": (1, 1), "4:3": (3, 4), "3:4": (4, 3), "16:9": (9, 16), "9:16": (16, 9)}  # (height, width) parts
 
@@ -98,6 +99,7 @@ class Playground:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_result: Generated | str | None = None
+        self.last_answer: str | None = None
         self.message = ""
         cfg = pipe.model.config
         self.side = min(1024, cfg.max_latent_size * cfg.latent_downsample)
@@ -232,11 +234,14 @@ class Playground:
     # Running work: in a thread (so Stop is heard), or inline when a test asks to wait.
 
     def _run(self, work, wait: bool):
+        """Run ``work`` as a transaction: on an error, a Stop or an interrupt, every widget, the shown images
+        and the conversation are put back as they were, and the message says what happened."""
         if self._thread is not None and self._thread.is_alive():
             self._say("busy: wait for the current run or press Stop", error=True)
             return
 
         def job():
+            before = self._snapshot()
             for b in self.buttons:
                 b.disabled = True
             self.stop_button.disabled = False
@@ -244,10 +249,16 @@ class Playground:
             try:
                 work()
             except GenerationStopped as e:
-                step = int(str(e).rsplit(" ", 1)[-1])
-                self._say(LABELS[self.lang]["stopped"].format(step=step))
-            except (ValueError, TypeError) as e:  # bad settings or input: a message, not a traceback
-                self._say(str(e), error=True)
+                self._restore(before)
+                t = LABELS[self.lang]
+                self._say(t["stopped"].format(step=e.step, unit=t[e.unit]))
+            except Exception as e:  # bad settings or input, or a failure: a message, never a silent thread
+                self._restore(before)
+                known = isinstance(e, (ValueError, TypeError))
+                self._say(str(e) if known else f"{type(e).__name__}: {e}", error=True)
+            except BaseException:  # KeyboardInterrupt: put everything back, then let it through
+                self._restore(before)
+                raise
             finally:
                 for b in self.buttons:
                     b.disabled = False
@@ -259,17 +270,30 @@ class Playground:
             self._thread = threading.Thread(target=job, daemon=True)
             self._thread.start()
 
+    def _snapshot(self) -> dict:
+        """Everything a run may change, to put back if it fails."""
+        state = {(w, name): getattr(w, name) for w, name in (
+            (self.result, "value"), (self.preview, "value"), (self.progress, "max"), (self.progress, "value"),
+            (self.chat_log, "children"), (self.chat_text, "value"), (self.chat_attach, "value"),
+            (self.edit_source, "value"), (self.und_answer, "value"), (self.info, "value"))}
+        state.update({(self, name): getattr(self, name) for name in
+                      ("last_result", "edit_image", "last_answer", "message", "chat")})
+        state[(self.chat, "state")] = self.chat.state
+        return state
+
+    def _restore(self, state: dict):
+        for (owner, name), value in state.items():
+            setattr(owner, name, value)
+
     def wait(self, timeout: float | None = None):
         if self._thread is not None:
             self._thread.join(timeout)
 
     def stop(self):
-        """End the current image between two denoising steps."""
+        """End the current run between two denoising steps (or two written tokens)."""
         self._stop.set()
 
     def _say(self, text: str, error: bool = False):
-        import html
-
         self.message = text
         color = "#b00" if error else "#333"
         self.info.value = f"<div style='color:{color}'>{html.escape(text)}</div>"
@@ -299,32 +323,36 @@ class Playground:
     # ------------------------------------------------------------------------------------------------------
     # Handlers
 
+    def _text_callback(self):
+        return lambda info: not self._stop.is_set()  # Stop is heard between two written tokens
+
     def generate_clicked(self, wait: bool = False):
         def work():
             settings = self.t2i_sampler.values()
-            ImageSettings(**settings)  # validate before starting
             self._shape = image_shape_for(self.t2i_ratio.value, self.side, self.step)
             out = self.pipe.generate(self.t2i_prompt.value, seed=self.seed.value, image_shape=self._shape,
                                      think=self.t2i_think.value, max_think_tokens=self.max_think.value,
-                                     callback=self._callback(settings["num_timesteps"] - 1), progress=False,
-                                     **settings)
+                                     callback=self._callback(settings["num_timesteps"] - 1),
+                                     text_callback=self._text_callback(), progress=False, **settings)
             self._show(out)
 
         self._run(work, wait)
 
     def _read_upload(self):
+        """A new edit image from the upload widget; a file that is not a readable image changes nothing."""
         files = self.edit_upload.value
         if not files:
             return
         first = files[0] if isinstance(files, (list, tuple)) else next(iter(files.values()))
         try:
-            self.set_edit_image(Image.open(io.BytesIO(bytes(first["content"]))))
-        except OSError as e:
-            self._say(f"could not read the uploaded file {first.get('name', '')!r} as an image ({e})", error=True)
+            self.set_edit_image(read_image(bytes(first["content"]), f"uploaded file {first.get('name', '')!r}"))
+        except (ValueError, TypeError) as e:
+            self._say(f"could not read the upload: {e}; the edit image is unchanged", error=True)
 
     def set_edit_image(self, image: Image.Image):
-        self.edit_image = image
-        self.edit_source.value = to_png(pil_img2rgb(image))
+        image = read_image(image)
+        png = to_png(pil_img2rgb(image))  # made before anything changes: a failure leaves both as they were
+        self.edit_image, self.edit_source.value = image, png
 
     def use_last_image(self):
         if isinstance(self.last_result, Generated):
@@ -337,12 +365,12 @@ class Playground:
             if self.edit_image is None:
                 raise ValueError("no image to edit: upload one or press 'use last image'")
             settings = self.edit_sampler.values()
-            ImageSettings(**settings)
             resized = self.pipe.vae_transform.resize(pil_img2rgb(self.edit_image))
             self._shape = (resized.height, resized.width)
             out = self.pipe.edit(self.edit_image, self.edit_text.value, seed=self.seed.value,
                                  think=self.edit_think.value, max_think_tokens=self.max_think.value,
-                                 callback=self._callback(settings["num_timesteps"] - 1), progress=False, **settings)
+                                 callback=self._callback(settings["num_timesteps"] - 1),
+                                 text_callback=self._text_callback(), progress=False, **settings)
             self._show(out)
 
         self._run(work, wait)
@@ -351,74 +379,58 @@ class Playground:
         def work():
             if self.edit_image is None:
                 raise ValueError("no image to ask about: upload one in the Edit tab or use the last image")
-            text = self.pipe.answer(self.edit_image, self.und_question.value, think=self.und_think.value,
-                                    max_tokens=self.und_max.value, do_sample=self.und_sample.value,
-                                    temperature=self.und_temperature.value, seed=self.seed.value)
+            question, think, sample = self.und_question.value, self.und_think.value, self.und_sample.value
+            text = self.pipe.answer(self.edit_image, question, think=think, max_tokens=self.und_max.value,
+                                    do_sample=sample, temperature=self.und_temperature.value, seed=self.seed.value,
+                                    callback=self._text_callback())
             self.last_answer = text
-            self.und_answer.value = f"<b>{text}</b>"
-            self._say(f"pipe.answer(image, {self.und_question.value!r}"
+            self.und_answer.value = f"<b>{html.escape(text)}</b>"
+            self._say(f"pipe.answer(image, {question!r}, max_tokens={self.und_max.value}"
+                      + (", think=True" if think else "")
                       + (f", do_sample=True, temperature={self.und_temperature.value}, seed={self.seed.value}"
-                         if self.und_sample.value else "") + ")")
+                         if sample else "") + ")")
 
         self._run(work, wait)
 
-    # --- chat: the contexts live between turns ------------------------------------------------------------
+    # --- chat: one Conversation kept between turns; each turn all or nothing ---------------------------------
 
     def reset_chat(self):
-        self.chat = {"gen": Context(), "cfg_text": Context(), "cfg_img": Context()}
-        self.chat_turns: list[tuple[str, object]] = []
+        self.chat = self.pipe.chat()
         self.chat_log.children = []
 
-    def _chat_line(self, who: str, content):
-        import html
-
+    def _chat_line(self, role: str, content):
         import ipywidgets as w
 
         if isinstance(content, Image.Image):
-            item = w.Image(value=to_png(content, scale=max(1, 128 // max(content.size))), format="png")
-        else:
-            item = w.HTML(f"<b>{who}:</b> {html.escape(content)}")
-        self.chat_turns.append((who, content))
-        self.chat_log.children = [*self.chat_log.children, item]
+            return w.Image(value=to_png(content, scale=max(1, 128 // max(content.size))), format="png")
+        who = "you" if role == "user" else "BAGEL"
+        return w.HTML(f"<b>{who}:</b> {html.escape(content)}")
 
     def chat_clicked(self, wait: bool = False):
         def work():
-            text = self.chat_text.value
-            if not text.strip():
-                raise ValueError("the message is empty: type something to say")
-            c = self.chat
-            with torch.no_grad():
-                if self.chat_attach.value:
-                    if not isinstance(self.last_result, Generated):
-                        raise ValueError("no image yet to attach: generate one first")
-                    image = self.pipe.vae_transform.resize(pil_img2rgb(self.last_result.image))
-                    c["gen"] = self.pipe.add_image(c["gen"], image)
-                    c["cfg_text"] = c["gen"]
-                    self._chat_line("you", image)
-                c["cfg_text"] = c["gen"]
-                c["gen"] = self.pipe.add_text(c["gen"], text)
-                c["cfg_img"] = self.pipe.add_text(c["cfg_img"], text)
-                self._chat_line("you", text)
-                if self.chat_image_reply.value:
-                    settings = self.t2i_sampler.values()
-                    self._shape = image_shape_for(self.t2i_ratio.value, self.side, self.step)
-                    seed = self.seed.value
-                    tokens = self.pipe.generate_image(
-                        self._shape, c["gen"], c["cfg_text"], c["cfg_img"], replace(T2I_SETTINGS, **settings),
-                        generator=torch.Generator().manual_seed(seed),
-                        callback=self._callback(settings["num_timesteps"] - 1), progress=False)
-                    image = self.pipe.decode_image(tokens, self._shape)
-                    out = Generated(image, None, seed, settings, "(chat turn: see the conversation)", tokens)
-                    self._show(out)
-                    c["gen"] = self.pipe.add_image(c["gen"], image)  # the drawn image joins the conversation
-                    self._chat_line("BAGEL", image)
-                else:
-                    ids = self.pipe.generate_text(c["gen"], max_length=self.und_max.value)
-                    reply = self.pipe.decode_text(ids)
-                    c["gen"] = self.pipe.add_text(c["gen"], reply)
-                    c["cfg_img"] = self.pipe.add_text(c["cfg_img"], reply)
-                    self.last_answer = reply
-                    self._chat_line("BAGEL", reply)
+            attach = None
+            if self.chat_attach.value:  # the last result, unless the conversation already holds it
+                if not isinstance(self.last_result, Generated):
+                    raise ValueError("no image yet to attach: generate one first")
+                attach = self.last_result.image
+            drawing = {}
+            if self.chat_image_reply.value:
+                settings = self.t2i_sampler.values()
+                self._shape = image_shape_for(self.t2i_ratio.value, self.side, self.step)
+                drawing = dict(image_shape=self._shape, callback=self._callback(settings["num_timesteps"] - 1),
+                               **settings)
+            seen = len(self.chat.turns)
+            reply = self.chat.send(self.chat_text.value, image=attach, reply_image=self.chat_image_reply.value,
+                                   seed=self.seed.value, max_tokens=self.und_max.value,
+                                   text_callback=self._text_callback(), **drawing)
+            lines = [self._chat_line(turn.role, turn.content) for turn in self.chat.turns[seen:]]
+            if reply.image is not None:
+                self._show(Generated(reply.image, None, reply.seed, reply.settings, reply.call, reply.latents))
+            else:
+                self.last_answer = reply.text
+                self._say(reply.call)
+            self.chat_log.children = [*self.chat_log.children, *lines]
             self.chat_text.value = ""
+            self.chat_attach.value = False  # attached once; tick again to attach a newer image
 
         self._run(work, wait)

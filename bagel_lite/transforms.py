@@ -11,7 +11,9 @@ with the *VAE* rule, even when only the ViT will see it.
 
 from __future__ import annotations
 
+import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +39,36 @@ def pil_img2rgb(image: Image.Image) -> Image.Image:
             stacklevel=2,
         )
     return image.convert("RGB")
+
+
+def read_image(source, name: str = "image") -> Image.Image:
+    """An input image from a PIL image, a path (``str`` or ``Path``) or the bytes of an image file, read in
+    full now, so that a truncated, corrupt or oversized (decompression-bomb) file is refused here with a
+    ``ValueError`` naming it, and anything else (an array, a tensor) with a ``TypeError`` saying what to pass."""
+    if isinstance(source, Image.Image):
+        image, label = source, f"the {name}"
+    elif isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise ValueError(f"{name} {str(source)!r} is not a file: pass a PIL image or the path of an image file")
+        image, label = _open(path.read_bytes(), f"{name} file {str(source)!r}"), f"{name} file {str(source)!r}"
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        image, label = _open(bytes(source), f"the {name} bytes"), f"the {name} bytes"
+    else:
+        raise TypeError(f"{name} must be a PIL image, a path or the bytes of an image file, got "
+                        f"{type(source).__name__} (for an array use PIL.Image.fromarray)")
+    try:
+        image.load()  # decodes the pixels: a truncated file fails here, not later inside the model
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{label} could not be read as an image ({e})") from e
+    return image
+
+
+def _open(data: bytes, label: str) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL's errors for bad files
+        raise ValueError(f"{label} could not be read as an image ({e})") from e
 
 
 def _fit(width: int, height: int, scale: float, stride: int) -> tuple[int, int]:

@@ -58,16 +58,19 @@ def test_chat_keeps_its_context_and_reuses_a_drawn_image(pg):
     pg.chat_image_reply.value = True
     pg.chat_text.value = "a large blue circle at the top"
     pg.chat_clicked(wait=True)
-    kv_after_first = pg.chat["gen"].kv_len
-    assert kv_after_first > 0 and isinstance(pg.chat_turns[-1][1], type(pg.last_result.image))
+    kv_after_first = pg.chat.state.gen.kv_len
+    assert kv_after_first > 0 and pg.chat.turns[-1].content is pg.last_result.image
     pg.chat_image_reply.value = False
     pg.chat_attach.value = True
     pg.chat_text.value = "what color is the circle?"
     pg.chat_clicked(wait=True)
-    assert pg.chat["gen"].kv_len > kv_after_first, "the context grows across turns"
-    assert pg.chat_turns[-1][0] == "BAGEL" and isinstance(pg.chat_turns[-1][1], str)
+    assert pg.chat.state.gen.kv_len > kv_after_first, "the context grows across turns"
+    assert pg.chat.turns[-1].role == "model" and isinstance(pg.chat.turns[-1].content, str)
+    # you, BAGEL's image, you, BAGEL's answer: the drawn image is already in the chat, so it is not attached again
+    assert len(pg.chat_log.children) == len(pg.chat.turns) == 4
+    assert not pg.chat_attach.value, "'use last image' attaches once"
     pg.reset_chat()
-    assert pg.chat["gen"].kv_len == 0 and pg.chat_log.children == ()
+    assert pg.chat.state.gen.kv_len == 0 and pg.chat_log.children == ()
 
 
 def test_stop_interrupts_a_run(pg):
