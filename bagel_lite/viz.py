@@ -190,3 +190,23 @@ def verdict(found, truth, why: str = "") -> str:
     if found == truth:
         return "right"
     return f"WRONG (truth: {truth}" + (f"; {why})" if why else ")")
+
+
+def image_verdict(image, scene, attributes=("shape", "color", "position", "size")) -> str:
+    """Compare a drawn image with the micro-world scene it should show, as the evaluator reads it.
+
+    'right' or 'wrong: colour reads blue (asked red), ...' — the evaluator (``micro.evaluate.detect``) is the
+    same pixel reader that scores the model, so the words say *why* a picture counts as wrong.
+    """
+    from .micro.evaluate import detect
+
+    found = detect(image).scene
+    if scene.empty:
+        if found.empty:
+            return "right (empty canvas)"
+        return f"wrong: the evaluator still sees a {found.color} {found.shape}"
+    if found.empty:
+        return "wrong: the evaluator sees an empty canvas"
+    wrong = [f"{a} reads {getattr(found, a)} (asked {getattr(scene, a)})" for a in attributes
+             if getattr(found, a) != getattr(scene, a)]
+    return "right" if not wrong else "wrong: " + ", ".join(wrong)
