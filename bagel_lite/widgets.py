@@ -47,22 +47,22 @@ class SamplerExplorer:
 
         self.pipe, self.frames = pipe, frames
         s = T2I_SETTINGS
-        style = {"description_width": "110px"}
-        layout = w.Layout(width="340px")
+        style = {"description_width": "150px"}
+        layout = w.Layout(width="380px")
         self.prompt = w.Text(value=prompt, description="prompt", style=style, layout=w.Layout(width="500px"))
-        self.cfg_text = w.FloatSlider(value=s.cfg_text_scale, min=0, max=8, step=0.5, description="cfg_text_scale",
-                                      style=style, layout=layout)
-        self.cfg_img = w.FloatSlider(value=s.cfg_img_scale, min=0, max=4, step=0.25, description="cfg_img_scale",
-                                     style=style, layout=layout)
-        self.interval = w.FloatRangeSlider(value=s.cfg_interval, min=0, max=1, step=0.05, description="cfg_interval",
-                                           style=style, layout=layout)
-        self.shift = w.FloatSlider(value=s.timestep_shift, min=0.5, max=6, step=0.5, description="timestep_shift",
-                                   style=style, layout=layout)
+        self.cfg_text = w.FloatSlider(value=s.cfg_text_scale, min=0, max=8, step=0.5,
+                                      description="cfg_text_scale (≤1: off)", style=style, layout=layout)
+        self.cfg_img = w.FloatSlider(value=s.cfg_img_scale, min=0, max=4, step=0.25,
+                                     description="cfg_img_scale (≤1: off)", style=style, layout=layout)
+        self.interval = w.FloatRangeSlider(value=s.cfg_interval, min=0, max=1, step=0.05,
+                                           description="cfg_interval (t range)", style=style, layout=layout)
+        self.shift = w.FloatSlider(value=s.timestep_shift, min=0.5, max=6, step=0.5,
+                                   description="timestep_shift (1: none)", style=style, layout=layout)
         self.steps = w.IntSlider(value=30, min=2, max=100, description="num_timesteps", style=style, layout=layout)
         self.renorm = w.Dropdown(options=["global", "channel", "text_channel"], value=s.cfg_renorm_type,
                                  description="cfg_renorm_type", style=style, layout=layout)
-        self.renorm_min = w.FloatSlider(value=s.cfg_renorm_min, min=0, max=1, step=0.05, description="cfg_renorm_min",
-                                        style=style, layout=layout)
+        self.renorm_min = w.FloatSlider(value=s.cfg_renorm_min, min=0, max=1, step=0.05,
+                                        description="cfg_renorm_min (1: off)", style=style, layout=layout)
         self.seed = w.IntText(value=0, description="seed", style=style, layout=layout)
         self.button = w.Button(description="Draw", button_style="primary")
         self.output = w.Output()
