@@ -72,25 +72,44 @@ def _require_files(folder: Path):
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is not valid JSON ({e}); restore it from the original download") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object {{...}} of settings, but holds "
+                              f"{type(data).__name__ if data is not None else 'null'}; restore it from the original "
+                              "download")
+    return data
+
+
+def _parse(path: Path, parse, default=None):
+    """``parse(json of path)``; a bad field becomes a CheckpointError naming the file and the field."""
+    if default is not None and not path.is_file():
+        return default
+    try:
+        return parse(_read_json(path))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path.name} in {path.parent}: {e}") from e
+
+
+def _bagel_extra(data: dict) -> dict:
+    unknown = sorted(set(data) - set(BAGEL_EXTRA_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown keys {unknown}; bagel_config.json may hold {', '.join(BAGEL_EXTRA_FIELDS)}")
+    return data
 
 
 def read_config(folder: str | Path) -> BagelConfig:
     """The BagelConfig of a folder, with the official app's adjustments (QK-norm, MoT, ViT depth - 1)."""
     folder = Path(folder)
-    ae_json, bagel_json = folder / "ae_config.json", folder / "bagel_config.json"
+    llm = _parse(folder / "llm_config.json", llm_from_json)
+    vit = _parse(folder / "vit_config.json", vit_from_json)
+    vae = _parse(folder / "ae_config.json", ae_from_json, default=AEConfig())
+    extra = _parse(folder / "bagel_config.json", _bagel_extra, default={})
     try:
-        extra = _read_json(bagel_json) if bagel_json.is_file() else {}
-        return BagelConfig(
-            llm=llm_from_json(_read_json(folder / "llm_config.json")),
-            vit=vit_from_json(_read_json(folder / "vit_config.json")),
-            vae=ae_from_json(_read_json(ae_json)) if ae_json.is_file() else AEConfig(),
-            **{k: v for k, v in extra.items() if k in BAGEL_EXTRA_FIELDS},
-        )
+        return BagelConfig(llm=llm, vit=vit, vae=vae, **extra)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"the configs in {folder} are not usable: {e}") from e
+        raise CheckpointError(f"bagel_config.json in {folder}: {e}") from e
 
 
 def build(cfg: BagelConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
@@ -102,14 +121,26 @@ def build(cfg: BagelConfig, device: str | torch.device = "cpu", dtype: torch.dty
     return model, ae
 
 
+FLOAT_DTYPES = ("F32", "F16", "BF16")  # safetensors' names of the dtypes a weight may have
+
+
 def _file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Every key's shape, read from the header; a weight that is not a float tensor is refused here."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            slices = {k: f.get_slice(k) for k in f.keys()}
+            shapes = {k: tuple(s.get_shape()) for k, s in slices.items()}
+            dtypes = {k: s.get_dtype() for k, s in slices.items()}
     except Exception as e:  # safetensors raises its own error types for a bad header or a short file
         raise CheckpointError(
             f"{path} could not be read ({e}). The file is truncated or corrupt: download or save it again."
         ) from e
+    wrong = {k: d for k, d in dtypes.items() if d not in FLOAT_DTYPES}
+    if wrong:
+        key = sorted(wrong)[0]
+        raise CheckpointError(f"{path.name} in {path.parent}: {key} is stored as {wrong[key]} ({len(wrong)} such "
+                              f"tensors); weights must be float32, float16 or bfloat16: save the folder again")
+    return shapes
 
 
 def check_keys(module: nn.Module, path: Path) -> None:
@@ -139,14 +170,38 @@ def check_keys(module: nn.Module, path: Path) -> None:
     )
 
 
-def _load_tensors(path: Path, device) -> dict[str, torch.Tensor]:
+def load_tensors(path: Path, device) -> dict[str, torch.Tensor]:
+    """Every tensor of a .safetensors file; a NaN or infinite weight is refused, naming its key."""
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise CheckpointError(
             f"{path} could not be read ({e}). The file is truncated or corrupt: download or save it again."
         ) from e
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path.name} in {path.parent}: {key} holds NaN or infinite values; the weights "
+                                  "are damaged (a diverged training run?): use another checkpoint")
+    return tensors
+
+
+def read_tokenizer(folder: Path):
+    """The folder's tokenizer with BAGEL's markers; a corrupt tokenizer file is named."""
+    for name in ("vocab.json", "tokenizer.json", "tokenizer_config.json", "added_tokens.json",
+                 "special_tokens_map.json"):
+        if (folder / name).is_file():
+            _read_json(folder / name)
+    try:
+        (folder / "merges.txt").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{folder / 'merges.txt'} could not be read as text ({e}); restore it") from e
+    try:
+        return load_tokenizer(folder)
+    except Exception as e:  # transformers' and tokenizers' own errors for a malformed vocabulary or merge list
+        raise CheckpointError(f"the tokenizer files in {folder} (vocab.json, merges.txt, tokenizer*.json) could "
+                              f"not be loaded ({type(e).__name__}: {e}); restore them from the original download"
+                              ) from e
 
 
 def check_folder(folder: str | Path) -> tuple[BagelConfig, Bagel, AutoEncoder]:
@@ -155,7 +210,10 @@ def check_folder(folder: str | Path) -> tuple[BagelConfig, Bagel, AutoEncoder]:
     folder = Path(folder)
     _require_files(folder)
     cfg = read_config(folder)
-    model, ae = build(cfg, device="meta")
+    try:
+        model, ae = build(cfg, device="meta")
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"the configs in {folder} describe a model that cannot be built ({e})") from e
     check_keys(model, folder / "ema.safetensors")
     check_keys(ae, folder / "ae.safetensors")
     return cfg, model, ae
@@ -170,15 +228,15 @@ def load_bagel(folder: str | Path, device: str | torch.device = "cpu", dtype: to
     """
     folder = Path(folder)
     cfg, model, ae = check_folder(folder)
-    tokenizer, special = load_tokenizer(folder)
+    tokenizer, special = read_tokenizer(folder)
     if len(tokenizer) > cfg.llm.vocab_size:
         raise CheckpointError(
             f"the tokenizer in {folder} has {len(tokenizer)} tokens but the model only {cfg.llm.vocab_size} "
             "embedding rows: the tokenizer files belong to another model"
         )
 
-    model.load_state_dict(_load_tensors(folder / "ema.safetensors", "cpu"), strict=True, assign=True)
-    ae.load_state_dict(_load_tensors(folder / "ae.safetensors", "cpu"), strict=True, assign=True)
+    model.load_state_dict(load_tensors(folder / "ema.safetensors", "cpu"), strict=True, assign=True)
+    ae.load_state_dict(load_tensors(folder / "ae.safetensors", "cpu"), strict=True, assign=True)
     model.to(device=device, dtype=dtype).eval()
     ae.to(device=ae_device, dtype=ae_dtype).eval()
     for p in list(model.parameters()) + list(ae.parameters()):

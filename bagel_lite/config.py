@@ -17,10 +17,30 @@ adjustments, and ``to_folder_json`` writes files that give the same model back.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field, replace
+
+from .checks import check_bool, check_choice, check_float, check_int
 
 SUPPORTED_LLM_ACT = ("silu",)
 SUPPORTED_VIT_ACT = ("gelu_pytorch_tanh",)
+SUPPORTED_CONNECTOR_ACT = ("gelu_pytorch_tanh",)  # the official app's only value
+
+# Keys of the Hugging Face configs that do not change the maths (training knobs, bookkeeping), or that the
+# official app overrides anyway. Any other unknown key is reported, never silently dropped.
+HF_BOOKKEEPING = {
+    "_note", "_name_or_path", "architectures", "model_type", "torch_dtype", "dtype", "transformers_version",
+    "attention_dropout", "initializer_range", "use_cache", "bos_token_id", "eos_token_id", "pad_token_id",
+    "max_window_layers", "sliding_window", "freeze_und", "is_causal", "_attn_implementation", "return_dict",
+    "output_attentions", "output_hidden_states", "projection_dim",
+}
+# Keys that change the model when set: only these values are what the official model does.
+HF_FIXED = {"use_sliding_window": False, "rope_scaling": None}
+
+
+def _positive_ints(cfg, names: tuple[str, ...]):
+    for name in names:
+        check_int(name, getattr(cfg, name), 1)
 
 
 @dataclass(frozen=True)
@@ -45,10 +65,14 @@ class LLMConfig:
         return self.hidden_size // self.num_attention_heads
 
     def __post_init__(self):
-        if self.hidden_size % self.num_attention_heads:
+        _positive_ints(self, ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                              "num_key_value_heads", "vocab_size", "max_position_embeddings"))
+        check_float("rope_theta", self.rope_theta, 1.0, 1e12)
+        check_float("rms_norm_eps", self.rms_norm_eps, 1e-12, 1.0)
+        if self.hidden_size % self.num_attention_heads or self.head_dim % 2:
             raise ValueError(
-                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
-                f"{self.num_attention_heads}: fix llm_config.json"
+                f"hidden_size {self.hidden_size} is not num_attention_heads {self.num_attention_heads} heads of "
+                "an even width (RoPE rotates pairs): fix llm_config.json"
             )
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
@@ -85,6 +109,10 @@ class ViTConfig:
         return self.image_size // self.patch_size
 
     def __post_init__(self):
+        _positive_ints(self, ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                              "patch_size", "image_size", "num_channels"))
+        check_float("layer_norm_eps", self.layer_norm_eps, 1e-12, 1.0)
+        check_bool("rope", self.rope)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"ViT hidden_size {self.hidden_size} is not divisible by num_attention_heads "
@@ -110,7 +138,16 @@ class AEConfig:
     shift_factor: float = 0.1159
 
     def __post_init__(self):
-        object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
+        _positive_ints(self, ("resolution", "in_channels", "out_ch", "ch", "num_res_blocks", "z_channels",
+                              "downsample"))
+        if isinstance(self.ch_mult, (str, bytes)) or not hasattr(self.ch_mult, "__len__") or not self.ch_mult:
+            raise TypeError(f"ch_mult must be a list of positive integers such as [1, 2, 4, 4], got {self.ch_mult!r}")
+        object.__setattr__(self, "ch_mult", tuple(check_int("ch_mult", m, 1) for m in self.ch_mult))
+        check_float("scale_factor", self.scale_factor, 1e-6, 1e6)  # latents are divided by it: never 0
+        check_float("shift_factor", self.shift_factor, -1e6, 1e6)
+        if any(self.ch * m % 32 for m in self.ch_mult):
+            raise ValueError(f"ch {self.ch} x ch_mult {self.ch_mult} must all be multiples of 32 (group norm of 32 "
+                             "groups)")
         if 2 ** (len(self.ch_mult) - 1) != self.downsample:
             raise ValueError(
                 f"ae downsample {self.downsample} does not match ch_mult {self.ch_mult} "
@@ -128,6 +165,11 @@ class BagelConfig:
     vit_max_num_patch_per_side: int = 70  # ViT patches per side of the ViT position tables (70 -> 980 px)
     connector_act: str = "gelu_pytorch_tanh"
     interpolate_pos: bool = False  # position ids: extrapolate (released) or interpolate
+
+    def __post_init__(self):
+        _positive_ints(self, ("latent_patch_size", "max_latent_size", "vit_max_num_patch_per_side"))
+        check_choice("connector_act", self.connector_act, SUPPORTED_CONNECTOR_ACT)
+        check_bool("interpolate_pos", self.interpolate_pos)
 
     @property
     def latent_channels(self) -> int:
@@ -183,30 +225,42 @@ def preset(name: str) -> BagelConfig:
 # The checkpoint folder's JSON files
 
 
-def _pick(cls, data: dict) -> dict:
+def _pick(cls, data: dict, file: str, strict: bool) -> dict:
+    """The dataclass fields in ``data``. Other keys: bookkeeping is skipped, a key that would change the model
+    must hold the official value, and any unknown key is an error (``strict``) or a warning, never dropped
+    silently."""
     names = {f.name for f in cls.__dataclass_fields__.values()}
+    for key, value in HF_FIXED.items():
+        if key in data and data[key] != value:
+            raise ValueError(f"{key} = {data[key]!r} is not supported (the official model has {value!r})")
+    unknown = sorted(set(data) - names - HF_BOOKKEEPING - set(HF_FIXED))
+    if unknown and strict:
+        raise ValueError(f"unknown keys {unknown}: bagel_lite does not know what they do; remove them")
+    if unknown:
+        warnings.warn(f"{file}: keys {unknown} are unknown to bagel_lite and ignored", stacklevel=3)
     return {k: v for k, v in data.items() if k in names}
 
 
 def llm_from_json(data: dict) -> LLMConfig:
     """``llm_config.json`` -> LLMConfig, with the official app's adjustments."""
-    picked = _pick(LLMConfig, data)
+    picked = _pick(LLMConfig, data, "llm_config.json", strict=False)
     return LLMConfig(**{**picked, "qk_norm": True, "tie_word_embeddings": False,
                         "layer_module": "Qwen2MoTDecoderLayer"})
 
 
 def vit_from_json(data: dict) -> ViTConfig:
     """``vit_config.json`` -> ViTConfig, with the official adjustments: RoPE off, the last layer dropped."""
-    picked = _pick(ViTConfig, data)
+    picked = _pick(ViTConfig, data, "vit_config.json", strict=False)
     if "num_hidden_layers" not in picked:
         raise ValueError("vit_config.json has no num_hidden_layers")
-    picked["num_hidden_layers"] = picked["num_hidden_layers"] - 1
+    picked["num_hidden_layers"] = check_int("num_hidden_layers", picked["num_hidden_layers"], 2)
+    picked["num_hidden_layers"] -= 1
     picked["rope"] = False
     return ViTConfig(**picked)
 
 
 def ae_from_json(data: dict) -> AEConfig:
-    return AEConfig(**_pick(AEConfig, data))
+    return AEConfig(**_pick(AEConfig, data, "ae_config.json", strict=True))
 
 
 def llm_to_json(cfg: LLMConfig) -> dict:

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import LoadedBagel, _load_tensors, build, check_folder
+from .checkpoint import LoadedBagel, build, check_folder, load_tensors, read_tokenizer
 from .config import BagelConfig
-from .tokenizer import load_tokenizer
 
 GiB = 1024**3
 SAME_DEVICE_AS_EMBEDDINGS = ("time_embedder", "latent_pos_embed", "vae2llm", "llm2vae", "connector", "vit_pos_embed")
@@ -109,11 +108,11 @@ def load_on_gpus(folder: str | Path, dtype: torch.dtype = torch.bfloat16, max_me
     check_fits(estimate_memory(cfg, dtype), free)
     max_memory = max_memory or {i: int(b * 0.9) for i, b in free.items()}
     dmap = device_map(model, max_memory)
-    state = _load_tensors(folder / "ema.safetensors", "cpu")
+    state = load_tensors(folder / "ema.safetensors", "cpu")
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
     model = dispatch_model(model.eval(), device_map=dmap)
-    ae.load_state_dict(_load_tensors(folder / "ae.safetensors", "cpu"), strict=True, assign=True)
-    tokenizer, special = load_tokenizer(folder)
+    ae.load_state_dict(load_tensors(folder / "ae.safetensors", "cpu"), strict=True, assign=True)
+    tokenizer, special = read_tokenizer(folder)
     return LoadedBagel(model, ae.eval(), tokenizer, special, cfg, folder)
 
 
@@ -149,6 +148,6 @@ def load_quantized(folder: str | Path, mode: str, max_memory: dict | None = None
     model = load_and_quantize_model(model, BnbQuantizationConfig(**QUANTIZATION[mode]),
                                     weights_location=str(folder / "ema.safetensors"),
                                     device_map=device_map(model, max_memory), offload_folder=str(folder / "offload"))
-    ae.load_state_dict(_load_tensors(folder / "ae.safetensors", "cpu"), strict=True, assign=True)
-    tokenizer, special = load_tokenizer(folder)
+    ae.load_state_dict(load_tensors(folder / "ae.safetensors", "cpu"), strict=True, assign=True)
+    tokenizer, special = read_tokenizer(folder)
     return LoadedBagel(model.eval(), ae.eval(), tokenizer, special, cfg, folder)

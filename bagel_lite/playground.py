@@ -104,10 +104,31 @@ class Playground:
         cfg = pipe.model.config
         self.side = min(1024, cfg.max_latent_size * cfg.latent_downsample)
         self.step = cfg.latent_downsample
-        style, layout = {"description_width": "120px"}, w.Layout(width="360px")
-        wide = w.Layout(width="600px")
+        self._build_shared(language)
+        tabs = [self._build_t2i(), self._build_edit(), self._build_und(), self._build_chat()]
+        self.reset_chat()
+        # class names the browser test (tests/test_browser.py) uses to find the widgets
+        for widget, name in ((self.t2i_prompt, "bagel-prompt"), (self.t2i_button, "bagel-generate"),
+                             (self.result, "bagel-result"), (self.preview, "bagel-preview"), (self.seed, "bagel-seed"),
+                             (self.info, "bagel-info"), (self.stop_button, "bagel-stop")):
+            widget.add_class(name)
+        self.tabs = w.Tab(children=tabs)
+        self.buttons = [self.t2i_button, self.edit_button, self.und_button, self.chat_send]
+        self.widget = w.VBox([
+            w.HBox([w.HTML(f"<b>bagel-lite playground</b> &middot; {backend}"), self.language]),
+            self.tabs,
+            w.HBox([self.progress, self.stop_button]),
+            w.HBox([self.preview, self.result]),
+            self.info,
+        ])
+        self.set_language(language)
 
-        # shared controls
+    STYLE, WIDE = {"description_width": "120px"}, "600px"
+
+    def _build_shared(self, language: str):
+        import ipywidgets as w
+
+        style, layout = self.STYLE, w.Layout(width="360px")
         self.seed = w.IntText(value=0, description="seed", style=style, layout=layout)
         self.progress = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="360px"))
         self.preview = w.Image(format="png", layout=w.Layout(width="192px", height="192px"))
@@ -118,7 +139,10 @@ class Playground:
         self.language = w.ToggleButtons(options=[("English", "en"), ("中文", "zh")], value=language)
         self.language.observe(lambda ch: self.set_language(ch["new"]), names="value")
 
-        # text to image
+    def _build_t2i(self):
+        import ipywidgets as w
+
+        style, layout, wide = self.STYLE, w.Layout(width="360px"), w.Layout(width=self.WIDE)
         self.t2i_prompt = w.Textarea(value="a red circle on the left", layout=wide)
         self.t2i_sampler = SamplerControls(T2I_SETTINGS, style, layout)
         self.t2i_ratio = w.Dropdown(options=list(RATIOS), value="1:1", description="size", style=style, layout=layout)
@@ -127,11 +151,14 @@ class Playground:
                                      style=style, layout=layout)
         self.t2i_button = w.Button(description="Generate", button_style="primary")
         self.t2i_button.on_click(lambda _: self.generate_clicked())
-        t2i = w.VBox([self.t2i_prompt, w.HBox([w.VBox(self.t2i_sampler.widgets[:4] + [self.t2i_ratio]),
-                                              w.VBox(self.t2i_sampler.widgets[4:] + [self.seed, self.max_think])]),
-                      w.HBox([self.t2i_think, self.t2i_button])])
+        return w.VBox([self.t2i_prompt, w.HBox([w.VBox(self.t2i_sampler.widgets[:4] + [self.t2i_ratio]),
+                                               w.VBox(self.t2i_sampler.widgets[4:] + [self.seed, self.max_think])]),
+                       w.HBox([self.t2i_think, self.t2i_button])])
 
-        # editing
+    def _build_edit(self):
+        import ipywidgets as w
+
+        style, layout, wide = self.STYLE, w.Layout(width="360px"), w.Layout(width=self.WIDE)
         self.edit_upload = w.FileUpload(accept="image/*", multiple=False, description="image")
         self.edit_image: Image.Image | None = None
         self.edit_upload.observe(lambda ch: self._read_upload(), names="value")
@@ -143,11 +170,14 @@ class Playground:
         self.edit_think = w.Checkbox(value=False, description="think first")
         self.edit_button = w.Button(description="Generate", button_style="primary")
         self.edit_button.on_click(lambda _: self.edit_clicked())
-        edit = w.VBox([w.HBox([self.edit_upload, self.edit_use_last, self.edit_source]), self.edit_text,
+        return w.VBox([w.HBox([self.edit_upload, self.edit_use_last, self.edit_source]), self.edit_text,
                        w.HBox([w.VBox(self.edit_sampler.widgets[:4]), w.VBox(self.edit_sampler.widgets[4:])]),
                        w.HBox([self.edit_think, self.edit_button])])
 
-        # understanding
+    def _build_und(self):
+        import ipywidgets as w
+
+        style, layout, wide = self.STYLE, w.Layout(width="360px"), w.Layout(width=self.WIDE)
         self.und_question = w.Textarea(value="what color is the circle?", layout=wide)
         self.und_sample = w.Checkbox(value=False, description="sample text")
         self.und_temperature = w.FloatSlider(value=0.3, min=0.05, max=1.0, step=0.05, description="temperature",
@@ -158,11 +188,14 @@ class Playground:
         self.und_button = w.Button(description="Answer", button_style="primary")
         self.und_button.on_click(lambda _: self.answer_clicked())
         self.und_answer = w.HTML()
-        und = w.VBox([w.HTML("uses the image of the Edit tab"), self.und_question,
-                      w.HBox([self.und_sample, self.und_temperature, self.und_max]),
-                      w.HBox([self.und_think, self.und_button]), self.und_answer])
+        return w.VBox([w.HTML("uses the image of the Edit tab"), self.und_question,
+                       w.HBox([self.und_sample, self.und_temperature, self.und_max]),
+                       w.HBox([self.und_think, self.und_button]), self.und_answer])
 
-        # chat
+    def _build_chat(self):
+        import ipywidgets as w
+
+        wide = w.Layout(width=self.WIDE)
         self.chat_log = w.VBox([])
         self.chat_text = w.Text(value="", placeholder="type a message", layout=wide)
         self.chat_image_reply = w.Checkbox(value=False, description="reply with an image")
@@ -171,25 +204,8 @@ class Playground:
         self.chat_send.on_click(lambda _: self.chat_clicked())
         self.chat_reset = w.Button(description="new chat")
         self.chat_reset.on_click(lambda _: self.reset_chat())
-        chat = w.VBox([self.chat_log, self.chat_text,
+        return w.VBox([self.chat_log, self.chat_text,
                        w.HBox([self.chat_attach, self.chat_image_reply, self.chat_send, self.chat_reset])])
-        self.reset_chat()
-
-        # class names the browser test (tests/test_browser.py) uses to find the widgets
-        for widget, name in ((self.t2i_prompt, "bagel-prompt"), (self.t2i_button, "bagel-generate"),
-                             (self.result, "bagel-result"), (self.preview, "bagel-preview"), (self.seed, "bagel-seed"),
-                             (self.info, "bagel-info"), (self.stop_button, "bagel-stop")):
-            widget.add_class(name)
-        self.tabs = w.Tab(children=[t2i, edit, und, chat])
-        self.buttons = [self.t2i_button, self.edit_button, self.und_button, self.chat_send]
-        self.widget = w.VBox([
-            w.HBox([w.HTML(f"<b>bagel-lite playground</b> &middot; {backend}"), self.language]),
-            self.tabs,
-            w.HBox([self.progress, self.stop_button]),
-            w.HBox([self.preview, self.result]),
-            self.info,
-        ])
-        self.set_language(language)
 
     # ------------------------------------------------------------------------------------------------------
 
