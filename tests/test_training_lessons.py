@@ -1,0 +1,126 @@
+"""What the training notebook relies on: log reading and plotting, EMA, timestep density, token/loss views."""
+
+from __future__ import annotations
+
+import math
+import random
+from types import SimpleNamespace
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from bagel_lite.curves import LiveCurves, plot_training_log, read_log, smooth, split_columns, tables  # noqa: E402
+from bagel_lite.ema import ema_copy, ema_decay, ema_update, ema_variance_ratio  # noqa: E402
+from bagel_lite.flow import logit_normal_timesteps  # noqa: E402
+from bagel_lite.micro.data import micro_config  # noqa: E402
+from bagel_lite.tokenizer import SpecialTokens  # noqa: E402
+from bagel_lite.training import PackedSequence, Text, VaeImage, VitImage  # noqa: E402
+from bagel_lite.training_views import (  # noqa: E402
+    draw_packed_batch,
+    fraction_above_half,
+    logit_normal_density,
+    token_kinds,
+    token_losses,
+)
+
+RECORDS = {"seed": 0, "train_seconds": 12.0,
+           "history": [{"step": s, "ce": 6.0 / (1 + s), "mse": 2.0 - s / 100, "lr": 1e-3} for s in range(50)],
+           "evals": [{"step": s, "metrics": {"vqa_acc": s / 100, "t2i_color_acc": 0.5}} for s in (10, 20, 40)]}
+COLUMNS = {"log": {"steps": list(range(30)), "loss_ce": [1.0] * 30, "loss_mse": [0.5] * 29 + [None],
+                   "seconds": list(range(30))}}
+
+
+def test_tables_find_records_and_columns_anywhere():
+    found = {t.where: t for t in tables(RECORDS)}
+    assert set(found) == {"history", "evals"}
+    assert found["history"].step[:3] == [0.0, 1.0, 2.0] and found["history"].columns["ce"][1] == 3.0
+    assert found["evals"].columns["vqa_acc"] == [0.1, 0.2, 0.4]  # nested metrics flattened one level
+    (table,) = tables(COLUMNS)
+    assert table.where == "log" and math.isnan(table.columns["loss_mse"][-1])
+    assert tables({"seed": 0, "settings": {"lr": 1.0}}) == []
+
+
+def test_split_columns_skips_rates_and_timings():
+    losses, evals = split_columns(tables(RECORDS))
+    assert sorted(n for n, _ in losses) == ["ce", "mse"]
+    assert sorted(n for n, _ in evals) == ["t2i_color_acc", "vqa_acc"]
+    losses, evals = split_columns(tables(COLUMNS))
+    assert sorted(n for n, _ in losses) == ["loss_ce", "loss_mse"] and evals == []
+
+
+def test_plot_training_log_draws_what_the_log_holds():
+    fig = plot_training_log(RECORDS)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(fig.axes) == 3 and "evaluation during training" in titles
+    assert fig.axes[0].get_yscale() == "log"
+    plt.close(fig)
+    fig = plot_training_log({"seed": 0, "train_seconds": 799.9})
+    assert len(fig.axes) == 1 and "no per-step losses" in fig.axes[0].texts[0].get_text()
+    plt.close(fig)
+    plt.close(plot_training_log(read_log()))  # the shipped log, whatever its layout
+
+
+def test_smooth_and_live_curves_outside_a_notebook():
+    assert smooth([1.0, 3.0, math.nan, 5.0], 2) == [1.0, 2.0, 3.0, 5.0]
+    live = LiveCurves(("ce", "mse"), guides={"ce": [(2.0, "guess")]})
+    for step in range(5):
+        live.add(step, ce=5.0 - step, mse=2.0)
+    live.show()  # no IPython here: draws, displays nothing
+    fig = live.draw()
+    assert len(fig.axes) == 2 and any(line.get_label() == "guess" for line in fig.axes[0].lines)
+    live.close()
+
+
+def test_ema_update_and_its_variance():
+    model = torch.nn.Linear(3, 2)
+    ema = ema_copy(model)
+    assert all(not p.requires_grad for p in ema.parameters())
+    before = ema.weight.clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema_update(ema, model, 0.9)
+    assert torch.allclose(ema.weight, 0.9 * before + 0.1 * model.weight)
+    assert ema_decay(0, 0.995) == pytest.approx(0.1) and ema_decay(10_000, 0.995) == 0.995
+    g, w, avg, values = torch.Generator().manual_seed(0), torch.nn.Linear(1, 1, bias=False), None, []
+    avg = ema_copy(w)
+    with torch.no_grad():
+        avg.weight.fill_(0.0)
+    for _ in range(6000):
+        with torch.no_grad():
+            w.weight.fill_(float(torch.randn(1, generator=g)))
+        ema_update(avg, w, 0.9)
+        values.append(avg.weight.item())
+    assert torch.tensor(values[100:]).var().item() == pytest.approx(ema_variance_ratio(0.9), rel=0.1)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_logit_normal_density_matches_the_sampler(shift):
+    t = torch.linspace(1e-4, 1 - 1e-4, 20001)
+    assert torch.trapezoid(logit_normal_density(t, shift), t).item() == pytest.approx(1.0, abs=2e-3)
+    draws = logit_normal_timesteps(200_000, shift, torch.Generator().manual_seed(0))
+    assert (draws > 0.5).float().mean().item() == pytest.approx(fraction_above_half(shift), abs=4e-3)
+    inside = ((draws > 0.2) & (draws < 0.4)).float().mean().item()
+    grid = torch.linspace(0.2, 0.4, 2001)
+    assert inside == pytest.approx(torch.trapezoid(logit_normal_density(grid, shift), grid).item(), abs=4e-3)
+
+
+def test_token_kinds_and_losses_of_a_packed_sample():
+    special = SpecialTokens(bos=1, eos=2, start_of_image=3, end_of_image=4)
+    model = SimpleNamespace(config=micro_config(vocab_size=64))
+    seq = PackedSequence(special)
+    seq.add_sample([VaeImage(torch.zeros(16, 8, 8)), VitImage(torch.zeros(3, 64, 64)), Text([5, 6]),
+                    VaeImage(torch.zeros(16, 8, 8), noisy=True)], model, random.Random(0))
+    seq.add_sample([VitImage(torch.zeros(3, 64, 64)), Text([7]), Text([8, 9, 10], loss=True)], model, random.Random(0))
+    kinds, losses = token_kinds(seq, special), token_losses(seq, special)
+    assert kinds[:2] == ["marker", "clean latent"] and kinds.count("noisy latent") == 16
+    assert kinds.count("vit") == 32 and kinds.count("marker") == 8 and "" not in kinds
+    assert losses.count("CE target") == 4  # 3 answer tokens + <|im_end|>
+    assert all(loss == "MSE target" for k, loss in zip(kinds, losses) if k == "noisy latent")
+    assert all(loss == "no loss" for k, loss in zip(kinds, losses) if k in ("clean latent", "vit", "marker"))
+    fig = draw_packed_batch(seq, special, ["edit", "question"])
+    assert len(fig.axes) >= 3
+    plt.close(fig)
