@@ -146,7 +146,8 @@ class Conversation:
         check_bool("reply_image", reply_image)
         check_text("message", text)
         check_text_sampling("max_tokens", max_tokens, self.engine.model.config.llm.max_position_embeddings, False, 1)
-        shape = self.engine.check_image_shape(image_shape or self.engine.default_image_shape())
+        shape = self.engine.check_image_shape(
+            self.engine.default_image_shape() if image_shape is None else image_shape)
         seed, generator = make_generator(seed)
         attach = image is not None and not self.contains(image)  # an image already read is not read twice
         with self.turn():
@@ -170,10 +171,12 @@ class Conversation:
 
 def _send_call(text: str, attach: bool, seed: int, **kwargs) -> str:
     """``chat.send(...)``: given `chat` in the state before the turn (and `image`, when one was attached)."""
-    kwargs = {"image": _Name("image"), **kwargs} if attach else kwargs
+    kwargs = {"image": Variable("image"), **kwargs} if attach else kwargs
     return f"chat.send({text!r}, seed={seed}" + "".join(f", {k}={v!r}" for k, v in kwargs.items()) + ")"
 
 
-class _Name(str):
-    def __repr__(self):  # a variable name in a call string, not a string literal
+class Variable(str):
+    """A variable's name inside a shown call (``image``, ``init_noise``): its repr is the bare name."""
+
+    def __repr__(self):
         return str(self)

@@ -25,7 +25,7 @@ from PIL import Image
 
 from .checkpoint import load_bagel, read_config
 from .checks import check_bool
-from .conversation import Conversation
+from .conversation import Conversation, Variable
 from .devices import check_fits, estimate_memory, free_gpu_memory, load_on_gpus, load_quantized
 from .inference import Engine
 from .settings import (
@@ -185,7 +185,7 @@ class Pipeline(Engine):
         cfg_text_scale 4, cfg_img_scale 1, cfg_interval (0.4, 1), timestep_shift 3, num_timesteps 50, global."""
         chosen = image_settings(T2I_SETTINGS, settings)
         check_text("prompt", prompt)
-        shape = self.check_image_shape(image_shape or self.default_image_shape())
+        shape = self.check_image_shape(self.default_image_shape() if image_shape is None else image_shape)
         seed, generator = make_generator(seed)
         res = self.run([prompt], think=think, settings=chosen, image_shape=shape, generator=generator,
                        init_noise=init_noise, callback=callback, text_callback=text_callback,
@@ -226,11 +226,6 @@ class Pipeline(Engine):
                         progress=progress).outputs[0]
 
 
-class _Name(str):
-    def __repr__(self):  # a variable name inside a call string, not a string literal
-        return str(self)
-
-
 def _changed(settings: ImageSettings, defaults: ImageSettings) -> dict:
     return {k: v for k, v in asdict(settings).items() if asdict(defaults)[k] != v}
 
@@ -239,7 +234,7 @@ def _run_kwargs(think: bool, max_think_tokens: int, init_noise, batch_cfg: bool)
     """The keywords besides the sampler settings that change the output, when they are not the defaults."""
     kwargs = {"think": True, "max_think_tokens": max_think_tokens} if think else {}
     if init_noise is not None:
-        kwargs["init_noise"] = _Name("init_noise")
+        kwargs["init_noise"] = Variable("init_noise")
     if not batch_cfg:
         kwargs["batch_cfg"] = False
     return kwargs
