@@ -126,7 +126,7 @@ def test_unknown_setting_name_is_rejected(pipe):
 def test_empty_prompt(pipe, prompt, picture):
     with pytest.raises(ValueError, match="prompt is empty"):
         pipe.generate(prompt, image_shape=(32, 32), **FAST)
-    with pytest.raises(ValueError, match="prompt is empty"):
+    with pytest.raises(ValueError, match="question is empty"):
         pipe.answer(picture, prompt)
 
 
