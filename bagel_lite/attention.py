@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 ATTN_MODES = ("causal", "full", "noise")
 
@@ -249,4 +250,13 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed=None) -> t
     if groups > 1:
         k = k.repeat_interleave(groups, dim=1)  # (B, Hq, Lk, d)
         v = v.repeat_interleave(groups, dim=1)
+    if q.is_cuda and q.shape[2] == 1:  # writing text: one query against a cache one key longer every token
+        with sdpa_kernel(ONE_QUERY_KERNELS):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+
+
+# cuDNN's attention (PyTorch's first choice on Hopper GPUs) builds an execution plan for every new shape: about
+# 3 ms of CPU per call, measured on an H200, when the key length grows by one each token (84 ms a token over
+# 28 layers). A denoising step repeats one shape, so there the plan is built once and cuDNN stays the best.
+ONE_QUERY_KERNELS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]

@@ -18,6 +18,7 @@ Attention here is grouped-query (28 query heads share 4 KV heads in the full mod
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -58,22 +59,51 @@ class Qwen2MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-def by_expert(x: torch.Tensor, gen_mask: torch.Tensor | None, und: Callable, gen: Callable) -> torch.Tensor:
+@dataclass(frozen=True)
+class Routing:
+    """Which rows of a (B, L) batch each expert takes, worked out once per forward pass.
+
+    The row indices of each expert are found once (one host sync), so that the seven ``by_expert`` calls of
+    every layer gather and scatter with them without asking the device again: on a GPU that lets the CPU
+    keep queueing work while the GPU computes.
+    """
+
+    shape: tuple[int, int]  # (B, L)
+    und: torch.Tensor  # (num_und_tokens,) flat row indices into B*L
+    gen: torch.Tensor  # (num_gen_tokens,)
+
+    @classmethod
+    def of(cls, gen_mask: torch.Tensor) -> Routing:
+        """gen_mask: (B, L) bool, True = generation expert."""
+        flat = gen_mask.reshape(-1)  # (B*L,)
+        return cls(tuple(gen_mask.shape), (~flat).nonzero().squeeze(1), flat.nonzero().squeeze(1))
+
+    def to(self, device) -> Routing:  # layers may sit on several GPUs (see devices.py)
+        return self if self.und.device == device else replace(self, und=self.und.to(device), gen=self.gen.to(device))
+
+
+def by_expert(x: torch.Tensor, gen_mask: torch.Tensor | Routing | None, und: Callable, gen: Callable) -> torch.Tensor:
     """Apply ``und`` to the tokens where ``gen_mask`` is False and ``gen`` where it is True.
 
-    x: (B, L, ...) ; gen_mask: (B, L) bool, or None for "all understanding". The tokens of each expert are
-    gathered, transformed by that expert, and scattered back into place: this is MoT routing.
+    x: (B, L, ...) ; gen_mask: (B, L) bool (or its ``Routing``), or None for "all understanding". The tokens
+    of each expert are gathered, transformed by that expert, and scattered back into place: this is MoT
+    routing.
     """
-    if gen_mask is None or not gen_mask.any():
+    if gen_mask is None:
         return und(x)
-    if gen_mask.all():
+    route = gen_mask if isinstance(gen_mask, Routing) else Routing.of(gen_mask)
+    if len(route.gen) == 0:
+        return und(x)
+    if len(route.und) == 0:
         return gen(x)
-    und_out = und(x[~gen_mask])  # (num_und_tokens, ...)
-    gen_out = gen(x[gen_mask])  # (num_gen_tokens, ...)
-    out = und_out.new_empty(*gen_mask.shape, *und_out.shape[1:])  # (B, L, ...)
-    out[~gen_mask] = und_out
-    out[gen_mask] = gen_out
-    return out
+    route = route.to(x.device)
+    rows = x.flatten(0, 1)  # (B*L, ...)
+    und_out = und(rows.index_select(0, route.und))  # (num_und_tokens, ...)
+    gen_out = gen(rows.index_select(0, route.gen))  # (num_gen_tokens, ...)
+    out = und_out.new_empty(rows.shape[0], *und_out.shape[1:])  # (B*L, ...)
+    out.index_copy_(0, route.und, und_out)
+    out.index_copy_(0, route.gen, gen_out)
+    return out.unflatten(0, route.shape)  # (B, L, ...)
 
 
 class PackedAttentionMoT(nn.Module):
@@ -152,13 +182,12 @@ class Qwen2Model(nn.Module):
 
     def forward(self, x, gen_mask, cos, sin, allowed, past: list[KV] | None = None):
         """x: (B, L, hidden) input embeddings. Returns final hidden states (B, L, hidden) and per-layer K/V."""
+        route = None if gen_mask is None else Routing.of(gen_mask)  # found once, used by every layer
         kvs = []
         for i, layer in enumerate(self.layers):
-            x, kv = layer(x, gen_mask, cos, sin, allowed, None if past is None else past[i])
+            x, kv = layer(x, route, cos, sin, allowed, None if past is None else past[i])
             kvs.append(kv)
-        if gen_mask is not None:
-            gen_mask = gen_mask.to(x.device)  # layers may sit on several GPUs (see devices.py)
-        return by_expert(x, gen_mask, self.norm, self.norm_moe_gen), kvs
+        return by_expert(x, route, self.norm, self.norm_moe_gen), kvs
 
 
 class Qwen2ForCausalLM(nn.Module):

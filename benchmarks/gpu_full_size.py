@@ -218,6 +218,32 @@ def attention_kernels(pipe: Pipeline, device, size: int) -> dict:
             "sdpa_kernels_accepting_the_masked_step": accepted}
 
 
+def profile(pipe: Pipeline, device, size: int) -> dict:
+    """Where one understanding token and one denoising forward spend their time: the top operators by
+    self CPU time and by self device time, and the number of kernel launches."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    ctx = pipe.add_text(Context(), QUESTION)
+    tables = {}
+    with torch.no_grad():
+        for name, work in (("understanding_8_tokens", lambda: pipe.generate_text(ctx, max_length=8)),
+                           ("t2i_3_steps", lambda: pipe.generate(PROMPT, image_shape=(size, size), seed=0,
+                                                                 num_timesteps=4, progress=False))):
+            with torch_profile(activities=activities) as prof:
+                work()
+            events = prof.key_averages()
+            key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+            tables[name] = {
+                "by_cpu": events.table(sort_by="self_cpu_time_total", row_limit=10).splitlines(),
+                "by_device": events.table(sort_by=key, row_limit=10).splitlines(),
+                "kernel_launches": sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel",
+                                                                             "cudaLaunchKernelExC")),
+            }
+    return tables
+
+
 def free():
     gc.collect()
     if torch.cuda.is_available():
@@ -237,6 +263,8 @@ def from_folder(folder: Path, device, size: int, steps: int, mode: str) -> dict:
                   for m in pipe.model.modules() if hasattr(m, "_hf_hook")}
         result["hooked_devices"] = sorted(placed)
     result["t2i"], _ = text_to_image(pipe, device, size, steps)
+    if device.type == "cuda":
+        result["resident_after_gib"] = round(torch.cuda.memory_allocated(device) / GiB, 2)
     del pipe
     free()
     return result
@@ -291,6 +319,8 @@ def main(argv=None):
     ap.add_argument("--tokens", type=int, default=128, help="tokens to decode for understanding")
     ap.add_argument("--folder", type=Path, default=None, help="also save + load an official folder here")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here after each phase")
+    ap.add_argument("--profile", action="store_true", help="also profile one understanding token and a step")
+    ap.add_argument("--modes", default="cuda,auto", help="from_folder devices to load with (GPU runs)")
     ap.add_argument("--deadline", type=float, default=float("inf"),
                     help="seconds after which the phases not yet started are skipped")
     args = ap.parse_args(argv)
@@ -322,11 +352,13 @@ def main(argv=None):
     run_phase(results, "attention", lambda: attention_kernels(pipe, device, args.size), args.out)
     if device.type == "cuda":
         run_phase(results, "device_map_one_gpu", lambda: one_gpu_map(cfg), args.out)
+    if args.profile:
+        run_phase(results, "profile", lambda: profile(pipe, device, args.size), args.out, deadline)
     if args.folder is not None:
         run_phase(results, "save_folder", lambda: save(pipe, args.folder, device), args.out, deadline)
         pipe = None
         free()
-        for mode in ("cuda", "auto") if device.type == "cuda" else ("cpu",):
+        for mode in args.modes.split(",") if device.type == "cuda" else ("cpu",):
             run_phase(results, f"from_folder_{mode}",
                       lambda m=mode: from_folder(args.folder, device, args.size, args.steps, m), args.out, deadline)
         if importlib.util.find_spec("bitsandbytes") is not None:
@@ -334,6 +366,8 @@ def main(argv=None):
                                                                     "nf4"), args.out, deadline)
         else:
             results["quantized_nf4"] = {"skipped": "bitsandbytes is not installed on this machine"}
+    if args.out is not None:
+        args.out.write_text(json.dumps(results, indent=2))
     print(table(results))
     print(json.dumps(results))
 
