@@ -277,10 +277,11 @@ class LiveCurves:
         else:
             self._handle.update(fig)
 
-    def close(self) -> None:
-        """Final update, then close the figure so the cell does not show it a second time."""
+    def close(self):
+        """Final update, then close the figure so the cell does not show it a second time; returns it."""
         import matplotlib.pyplot as plt
 
         if self._fig is not None:
             self.show()
             plt.close(self._fig)
+        return self._fig

@@ -1,0 +1,31 @@
+"""The static book (`make book`): every notebook executed and exported to a page that holds its figures.
+
+This test executes every notebook once more (about as long as their own tests) and checks the result as a
+reader sees it: one page per notebook and per solution, figures embedded in each notebook's page, an index
+linking them all.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from helpers import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+import build_book  # noqa: E402
+
+
+def test_book_has_every_notebook_with_its_figures(tmp_path):
+    out = tmp_path / "book"
+    paths = build_book.notebooks()
+    figures = build_book.build(out, paths, log=lambda *_: None)
+    assert len(paths) >= 12 and len(figures) == len(paths)
+    for path in paths:
+        page = build_book.page_name(path)
+        text = (out / page).read_text(encoding="utf-8")
+        assert "book-nav" in text and ".ipynb\"" not in text, page  # navigation; links point at pages
+        if "/" not in page:  # a notebook (solutions may have no figure)
+            assert figures[page] > 0, f"{page} shows no figure"
+    index = (out / "index.html").read_text(encoding="utf-8")
+    assert all(f'href="{page}"' in index for page in figures)
+    assert "data:image/png;base64," in index  # the architecture map
