@@ -119,7 +119,10 @@ class SamplerExplorer:
                 display(fig)
                 plt.close(fig)
             self.status.value = f"<code>{self.last.call}</code>"
-        except (ValueError, TypeError) as e:
-            self.status.value = f"<span style='color:#b00'>{e}</span>"
+        except Exception as e:  # a message, never a failure swallowed by the kernel
+            import html
+
+            text = str(e) if isinstance(e, (ValueError, TypeError)) else f"{type(e).__name__}: {e}"
+            self.status.value = f"<span style='color:#b00'>{html.escape(text)}</span>"
         finally:
             self.button.disabled = False
