@@ -126,41 +126,35 @@ _PROJECTOR_CSS = """<style id="bagel-lite-projector">
         --jp-content-font-size1: %dpx; --jp-code-font-size: %dpx; --jp-ui-font-size1: %dpx; }
 .widget-label, .widget-readout, .widget-html-content, .jupyter-widgets { font-size: %dpx !important; }
 </style>"""
-_saved_rc: dict = {}
 
 
-def projector(on: bool = True, scale: float = 1.5):
+def projector(on: bool = True, scale: float = 1.5) -> None:
     """Switch projector sizes on (or back off) for this notebook session: one call, top of the notebook.
 
     Sets matplotlib's rcParams (fonts and figure dpi: every later figure, hard-coded font sizes included,
     is drawn ``scale`` times larger) and shows a ``<style>`` that enlarges widget labels, readouts and the
-    notebook's text. ``projector(False)`` restores the rcParams it changed and shows the default sizes again.
-    Returns the HTML it displayed (``None`` outside IPython).
+    notebook's text. ``projector(False)`` sets those rcParams back to matplotlib's defaults and shows the default
+    sizes again. No state is kept anywhere but in rcParams.
+    Returns nothing, so ``projector()`` as a cell's last line prints nothing.
     """
     import matplotlib as mpl
 
-    if on:
-        for key in _PROJECTOR_RC:
-            _saved_rc.setdefault(key, mpl.rcParams[key])
-        base = _saved_rc.get("figure.dpi", 100.0)
+    if on:  # sizes relative to matplotlib's defaults, so calling it twice does not compound
         mpl.rcParams.update({k: v for k, v in _PROJECTOR_RC.items() if k != "figure.dpi"})
-        mpl.rcParams["figure.dpi"] = base * scale
+        mpl.rcParams["figure.dpi"] = mpl.rcParamsDefault["figure.dpi"] * scale
         px = [round(13 * scale), round(28 * scale), round(80 * scale), round(14 * scale), round(13 * scale),
               round(13 * scale), round(13 * scale)]
     else:
-        mpl.rcParams.update(_saved_rc)
-        _saved_rc.clear()
+        mpl.rcParams.update({k: mpl.rcParamsDefault[k] for k in _PROJECTOR_RC})
         px = [13, 28, 80, 14, 13, 13, 13]
     css = _PROJECTOR_CSS % tuple(px)
     try:
         from IPython import get_ipython
         from IPython.display import HTML, display
     except ImportError:
-        return None
-    if get_ipython() is None:
-        return None
-    display(HTML(css))
-    return css
+        return
+    if get_ipython() is not None:
+        display(HTML(css))
 
 
 def check_prediction(prediction, expected, hint: str, tol: float = 1e-6) -> bool | None:
