@@ -9,12 +9,23 @@ import pytest
 import torch
 
 from bagel_lite import micro
+from bagel_lite.autoencoder import AutoEncoder
 from bagel_lite.checkpoint import load_bagel
 from bagel_lite.micro.__main__ import main as micro_main
-from bagel_lite.micro.data import build_tokenizer
+from bagel_lite.micro.data import MicroSize, build_tokenizer, micro_config
 from bagel_lite.micro.evaluate import detect, evaluate_model
-from bagel_lite.micro.train import TrainSettings, train
-from bagel_lite.micro.world import EMPTY, all_scenes, caption, corpus, edit, random_scene, render
+from bagel_lite.micro.train import Resumable, TrainSettings, train
+from bagel_lite.micro.world import (
+    EMPTY,
+    all_scenes,
+    caption,
+    corpus,
+    edit,
+    held_out_scene,
+    is_held_out,
+    random_scene,
+    render,
+)
 
 SHIPPED_SIZE_LIMIT = 25 * 1024 * 1024
 
@@ -73,18 +84,95 @@ def test_generate_uses_cfg_on_the_micro_model():
     assert not torch.equal(guided.latents, unguided.latents)
 
 
+TINY = MicroSize(hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64, vit_hidden=32, vit_layers=1,
+                 vit_heads=1, ae_ch=32)
+
+
+def tiny_settings(**kw) -> TrainSettings:
+    return TrainSettings(**{**dict(seed=4, size=TINY, ae_steps=3, ae_batch=2, align_steps=2, steps=3,
+                                   samples_per_step=4, eval_every=0, threads=1), **kw})
+
+
 def test_training_is_deterministic_from_the_seed(tmp_path):
-    """Two runs of the training command with the same seed write identical weights (so the full command
-    reproduces the shipped checkpoint's metrics from its seed)."""
-    settings = TrainSettings(seed=4, ae_steps=2, ae_batch=2, steps=3, samples_per_step=4)
-    outs = []
+    """Two runs of the training command with the same seed write identical files (so the long command
+    reproduces the shipped checkpoint byte for byte from its seed)."""
     for name in ("a", "b"):
-        train(tmp_path / name, settings, log=lambda *_: None)
-        outs.append(load_bagel(tmp_path / name))
-    for (k, v1), (_, v2) in zip(outs[0].model.state_dict().items(), outs[1].model.state_dict().items()):
-        assert torch.equal(v1, v2), k
-    for (k, v1), (_, v2) in zip(outs[0].ae.state_dict().items(), outs[1].ae.state_dict().items()):
-        assert torch.equal(v1, v2), k
+        train(tmp_path / name, tiny_settings(), log=lambda *_: None)
+    for file in ("ema.safetensors", "ae.safetensors", "vocab.json", "merges.txt"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
+
+
+@pytest.mark.parametrize("stop_at", [2, 6])  # inside the autoencoder phase, inside BAGEL's
+def test_a_stopped_run_resumes_to_the_same_bytes(tmp_path, monkeypatch, stop_at):
+    settings = tiny_settings(state_every_s=0.0)  # a state after every step
+    train(tmp_path / "whole", settings, log=lambda *_: None)
+    state = tmp_path / "state.pt"
+    saves = {"n": 0}
+    original = Resumable.maybe_save
+
+    def save_then_stop(self, make_state, force=False):
+        original(self, make_state, force)
+        saves["n"] += 1
+        if saves["n"] == stop_at:
+            raise KeyboardInterrupt  # as if the session ended right after this save
+
+    monkeypatch.setattr(Resumable, "maybe_save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "resumed", settings, log=lambda *_: None, state_path=state)
+    monkeypatch.setattr(Resumable, "maybe_save", original)
+    assert state.is_file()
+    train(tmp_path / "resumed", settings, log=lambda *_: None, state_path=state)
+    for file in ("ema.safetensors", "ae.safetensors"):
+        assert (tmp_path / "whole" / file).read_bytes() == (tmp_path / "resumed" / file).read_bytes(), file
+
+
+def test_held_out_scenes_never_occur_in_training_batches(monkeypatch):
+    """Every scene the trainer renders or encodes, in the autoencoder phase and in BAGEL's samples, is a
+    training scene; evaluation draws only held-out ones."""
+    import bagel_lite.micro.data as data_module
+    import bagel_lite.micro.train as train_module
+
+    seen = []
+    real_batch = train_module.image_batch
+
+    def recording_batch(scenes, *a, **kw):
+        seen.extend(scenes)
+        return real_batch(scenes, *a, **kw)
+
+    monkeypatch.setattr(train_module, "image_batch", recording_batch)
+    ae = AutoEncoder(micro_config(8, TINY).vae)
+    train_module.train_autoencoder(ae, tiny_settings(ae_steps=4, ae_batch=16), log=lambda *_: None)
+    assert len(seen) == 64
+    used = []
+    real_render = data_module.render
+    monkeypatch.setattr(data_module, "render", lambda scene: (used.append(scene), real_render(scene))[1])
+    tok, _ = build_tokenizer()
+    maker = data_module.SampleMaker(tok, lambda scene: (used.append(scene), torch.zeros(16, 8, 8))[1])
+    rng = random.Random(0)
+    for i in range(600):
+        maker.sample(("t2i", "vqa", "edit")[i % 3], rng)
+    assert len(used) >= 1000
+    assert not any(is_held_out(s) for s in seen + used)
+    assert any(is_held_out(held_out_scene(random.Random(i))) for i in range(5))
+    assert all(is_held_out(held_out_scene(random.Random(i))) for i in range(200))
+    held_out = [s for s in all_scenes() if is_held_out(s)]
+    for attribute in ("shape", "color", "position", "size"):  # every value occurs on both sides
+        assert {getattr(s, attribute) for s in held_out} == {getattr(s, attribute) for s in all_scenes()[1:]}
+
+
+def test_evaluation_draws_balanced_held_out_sets(monkeypatch):
+    pipe = micro.load()
+    asked = []
+    real_answer = pipe.answer
+    monkeypatch.setattr(pipe, "answer", lambda image, q, **kw: (asked.append(q), real_answer(image, q, **kw))[1])
+    m = evaluate_model(pipe, n_t2i=2, n_vqa=8, n_edit=5, seed=3, num_timesteps=3, progress=False, n_ae=4)
+    assert {k for k in m if k.startswith("edit_") and k != "edit_success"} == \
+        {f"edit_{k}_success" for k in ("add", "move", "recolor", "remove", "resize")}
+    assert {k for k in m if k.startswith("vqa_") and k != "vqa_acc"} == \
+        {f"vqa_{k}_acc" for k in ("color", "position", "shape", "size")}
+    assert len(asked) == 8 and 0 < m["ae_psnr"] < 100 and 0 <= m["ae_attribute_acc"] <= 1
+    other = evaluate_model(pipe, n_t2i=0, n_vqa=8, n_edit=0, seed=4, num_timesteps=3, progress=False)
+    assert len(asked) == 16 and asked[:8] != asked[8:] or other["vqa_acc"] != m["vqa_acc"]
 
 
 def test_evaluate_command_prints_a_json_line(capsys):

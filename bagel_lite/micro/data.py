@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,16 +20,37 @@ from ..config import AEConfig, BagelConfig, LLMConfig, ViTConfig
 from ..tokenizer import BOS, EOS, VISION_END, VISION_START, add_special_tokens
 from ..training import Text, VaeImage, VitImage
 from ..transforms import ImageTransform
-from .world import SIZE, caption, corpus, edit, question_answer, random_scene, render
+from .world import EDIT_KINDS, SIZE, caption, corpus, edit, question_answer, render, training_scene
 
 
-def micro_config(vocab_size: int) -> BagelConfig:
+@dataclass(frozen=True)
+class MicroSize:
+    """The widths that make micro-BAGEL micro (the quick recipe trains the small one, the shipped run v2)."""
+
+    hidden: int = 256  # LLM width (each of the two experts)
+    layers: int = 4
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 768
+    vit_hidden: int = 96
+    vit_layers: int = 3
+    vit_heads: int = 3
+    ae_ch: int = 64  # autoencoder width (FLUX's is 128)
+
+
+SMALL = MicroSize(hidden=128, layers=4, heads=4, kv_heads=2, intermediate=384, vit_hidden=64, vit_layers=2,
+                  vit_heads=2, ae_ch=32)
+
+
+def micro_config(vocab_size: int, size: MicroSize = SMALL) -> BagelConfig:
     return BagelConfig(
-        llm=LLMConfig(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=1024),
-        vit=ViTConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                      patch_size=16, image_size=SIZE),
-        vae=AEConfig(ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1),
+        llm=LLMConfig(hidden_size=size.hidden, intermediate_size=size.intermediate, num_hidden_layers=size.layers,
+                      num_attention_heads=size.heads, num_key_value_heads=size.kv_heads, vocab_size=vocab_size,
+                      max_position_embeddings=1024),
+        vit=ViTConfig(hidden_size=size.vit_hidden, intermediate_size=2 * size.vit_hidden,
+                      num_hidden_layers=size.vit_layers, num_attention_heads=size.vit_heads, patch_size=16,
+                      image_size=SIZE),
+        vae=AEConfig(ch=size.ae_ch, ch_mult=(1, 2, 2, 2), num_res_blocks=1),
         max_latent_size=SIZE // 16,
         vit_max_num_patch_per_side=SIZE // 16,
     )
@@ -71,15 +93,19 @@ QUESTION_WEIGHTS = {"color": 0.2, "shape": 0.3, "position": 0.35, "size": 0.15}
 
 
 class SampleMaker:
-    """Turns random scenes into training samples (lists of items) for the three tasks.
+    """Turns random *training* scenes (never the held-out ones) into samples (lists of items) for the three tasks.
 
     ``latent_of(scene)`` returns a *sampled, scaled* latent (16, 8, 8) of the scene's image (train.py reads it
-    from a precomputed posterior table); ViT pixels are rendered directly.
+    from a precomputed posterior table); ViT pixels are rendered directly. ``question_weights`` and
+    ``edit_weights`` favour the kinds that are slow to learn.
     """
 
-    def __init__(self, tokenizer, latent_of, transform: ImageTransform | None = None):
+    def __init__(self, tokenizer, latent_of, transform: ImageTransform | None = None,
+                 question_weights: dict | None = None, edit_weights: dict | None = None):
         self.tokenizer, self.latent_of = tokenizer, latent_of
         self.transform = transform or micro_transform()
+        self.question_weights = question_weights or QUESTION_WEIGHTS
+        self.edit_weights = edit_weights or {k: 1.0 for k in EDIT_KINDS}
 
     def ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
@@ -88,16 +114,17 @@ class SampleMaker:
         return self.transform(render(scene))  # (3, 64, 64)
 
     def t2i(self, rng: random.Random) -> list:
-        scene = random_scene(rng)
+        scene = training_scene(rng)
         return [Text(self.ids(caption(scene, rng)), drop_prob=0.1), VaeImage(self.latent_of(scene), noisy=True)]
 
     def vqa(self, rng: random.Random) -> list:
-        scene = random_scene(rng)
-        _, question, answer = question_answer(scene, rng, QUESTION_WEIGHTS)
+        scene = training_scene(rng)
+        _, question, answer = question_answer(scene, rng, self.question_weights)
         return [VitImage(self.pixels(scene)), Text(self.ids(question)), Text(self.ids(answer), loss=True)]
 
     def edit(self, rng: random.Random) -> list:
-        _, source, instruction, target = edit(random_scene(rng), rng)
+        kind = rng.choices(EDIT_KINDS, weights=[self.edit_weights[k] for k in EDIT_KINDS])[0]
+        _, source, instruction, target = edit(training_scene(rng), rng, kind)
         return [VaeImage(self.latent_of(source), drop_prob=0.3), VitImage(self.pixels(source), drop_prob=0.3),
                 Text(self.ids(instruction), drop_prob=0.1), VaeImage(self.latent_of(target), noisy=True)]
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
+from ..transforms import tensor_to_pil
 from .world import COLORS, POSITIONS, SHAPES, SIZE, SIZES, Scene, draw_shape, to_array
 
 PRESENT_THRESHOLD = 90  # summed |RGB - white| above which a pixel is not background
@@ -104,46 +106,68 @@ def held_out_prompts(n: int, seed: int = 10_000) -> list[Scene]:
     return [random_scene(rng) for _ in range(n)]
 
 
-def evaluate_model(pipe, n_t2i: int = 40, n_vqa: int = 120, n_edit: int = 40, seed: int = 10_000,
-                   num_timesteps: int = 50, progress: bool = True) -> dict:
-    """Held-out accuracy of a micro model (scenes drawn with a seed the training never uses).
+@torch.no_grad()
+def autoencoder_quality(ae, n: int = 200, seed: int = 10_000) -> dict[str, float]:
+    """Encode -> decode ``n`` held-out scenes: mean PSNR (dB, images in [0, 1]) and the fraction whose
+    reconstruction the evaluator reads with every attribute right (the autoencoder must not be the bottleneck)."""
+    import random
+
+    from .data import image_batch
+    from .world import held_out_scene
+
+    rng = random.Random(seed)
+    scenes = [held_out_scene(rng) for _ in range(n)]
+    x = image_batch(scenes)  # (n, 3, 64, 64) in [-1, 1]
+    y = ae.decode(ae.encode(x.to(next(ae.parameters()).device), sample=False)).float().cpu().clamp(-1, 1)
+    mse = ((y - x) / 2).pow(2).mean(dim=(1, 2, 3))  # (n,) on the [0, 1] scale
+    psnr = float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean())
+    acc = attribute_accuracy([tensor_to_pil(img) for img in y], scenes)["all"]
+    return {"ae_psnr": round(psnr, 2), "ae_attribute_acc": acc}
+
+
+def evaluate_model(pipe, n_t2i: int = 100, n_vqa: int = 200, n_edit: int = 100, seed: int = 10_000,
+                   num_timesteps: int = 50, progress: bool = True, n_ae: int = 0) -> dict:
+    """Held-out accuracy of a micro model: every scene is drawn from the held-out set (``world.is_held_out``,
+    never used in training) with ``seed``; each seed gives a fresh set.
 
     t2i: the generated image shows the caption's colour / position / shape / size.
-    vqa: the answer equals the true attribute.  edit: the edited image shows every attribute of the target
-    (for "remove": an empty canvas). Official sampler defaults, ``num_timesteps`` grid points.
+    vqa: the answer equals the true attribute (the four kinds of question asked equally often).
+    edit: the edited image shows every attribute of the target (for "remove": an empty canvas); the five kinds
+    of edit in turn. Official sampler defaults, ``num_timesteps`` grid points. ``n_ae`` > 0 adds the
+    autoencoder's reconstruction quality (``autoencoder_quality``).
     """
     import random
 
     from tqdm.auto import tqdm
 
-    from .world import caption, edit, question_answer, random_scene, render
+    from .world import EDIT_KINDS, QUESTIONS, caption, edit, held_out_scene, question_answer, render
 
     rng = random.Random(seed)
-    scenes = [random_scene(rng) for _ in range(n_t2i)]  # the same draws as held_out_prompts(n_t2i, seed)
+    scenes = [held_out_scene(rng) for _ in range(n_t2i)]
     images = [pipe.generate(caption(scene), seed=seed + i, num_timesteps=num_timesteps, progress=False).image
               for i, scene in enumerate(tqdm(scenes, desc="text-to-image", disable=not progress, leave=False))]
-    t2i = attribute_accuracy(images, scenes)
-    vqa, by_kind = 0, {}
-    for _ in tqdm(range(n_vqa), desc="questions", disable=not progress, leave=False):
-        scene = random_scene(rng)
-        kind, question, answer = question_answer(scene, rng)
+    t2i = attribute_accuracy(images, scenes) if scenes else {}
+    by_kind = {}
+    for i in tqdm(range(n_vqa), desc="questions", disable=not progress, leave=False):
+        scene = held_out_scene(rng)
+        kind, question, answer = question_answer(scene, rng, kind=list(QUESTIONS)[i % len(QUESTIONS)])
         got = pipe.answer(render(scene), question, max_tokens=8).strip()
-        vqa += got == answer
         by_kind.setdefault(kind, []).append(got == answer)
-    edits, edit_by_kind = 0, {}
+    edit_by_kind = {}
     for i in tqdm(range(n_edit), desc="editing", disable=not progress, leave=False):
-        kind, source, instruction, target = edit(random_scene(rng), rng)
+        kind, source, instruction, target = edit(held_out_scene(rng), rng, EDIT_KINDS[i % len(EDIT_KINDS)])
         out = pipe.edit(render(source), instruction, seed=seed + i, num_timesteps=num_timesteps, progress=False)
-        ok = all(matches(out.image, target).values())
-        edits += ok
-        edit_by_kind.setdefault(kind, []).append(ok)
-    return {
-        **{f"t2i_{a}_acc": t2i[a] for a in ("color", "position", "shape", "size")},
-        "vqa_acc": vqa / n_vqa,
+        edit_by_kind.setdefault(kind, []).append(all(matches(out.image, target).values()))
+    metrics = {
+        **{f"t2i_{a}_acc": t2i[a] for a in ("color", "position", "shape", "size") if t2i},
+        "vqa_acc": sum(sum(v) for v in by_kind.values()) / max(n_vqa, 1),
         **{f"vqa_{k}_acc": sum(v) / len(v) for k, v in sorted(by_kind.items())},
-        "edit_success": edits / n_edit,
+        "edit_success": sum(sum(v) for v in edit_by_kind.values()) / max(n_edit, 1),
         **{f"edit_{k}_success": sum(v) / len(v) for k, v in sorted(edit_by_kind.items())},
     }
+    if n_ae:
+        metrics.update(autoencoder_quality(pipe.ae, n_ae, seed))
+    return metrics
 
 
 def metrics_table(metrics: dict) -> str:

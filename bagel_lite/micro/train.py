@@ -10,6 +10,10 @@
    with causal / full / noise splits, cross-entropy on answers, MSE on flow-matching velocities with
    logit-normal timesteps, condition dropout for CFG; both experts and the ViT train together; AdamW with
    warm-up, and an EMA of the weights which is what gets saved (``ema.safetensors``).
+
+Two recipes share this code: ``LONG`` made the shipped checkpoint (about 90 minutes on 2 cores; it saves a
+resumable state every few minutes, so a stopped run continues where it stopped, with the same bytes at the end),
+``QUICK`` is what a learner runs (under 10 minutes). Neither ever sees a held-out scene (``world.is_held_out``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -29,51 +33,96 @@ from ..autoencoder import AutoEncoder
 from ..bagel import Bagel
 from ..checkpoint import save_bagel
 from ..training import PackedSequence, packed_loss
-from .data import TASKS, SampleMaker, build_tokenizer, image_batch, micro_config
-from .world import EMPTY, Scene, all_scenes, random_scene
+from .data import QUESTION_WEIGHTS, SMALL, TASKS, MicroSize, SampleMaker, build_tokenizer, image_batch, micro_config
+from .evaluate import autoencoder_quality
+from .world import EMPTY, Scene, all_scenes, held_out_scene, training_scene
 
 
 @dataclass
 class TrainSettings:
     seed: int = 0
-    ae_steps: int = 600
-    ae_batch: int = 8
+    size: MicroSize = field(default_factory=MicroSize)
+    ae_steps: int = 1800
+    ae_batch: int = 12
     ae_lr: float = 3e-3
-    align_steps: int = 500  # first, understanding only (BAGEL's stage 1 aligns the image path to the LLM)
-    steps: int = 3000  # then all three tasks
+    align_steps: int = 1500  # first, understanding only (BAGEL's stage 1 aligns the image path to the LLM)
+    steps: int = 9500  # then all three tasks
     samples_per_step: int = 24
-    task_weights: tuple[float, float, float] = (0.2, 0.35, 0.45)  # t2i, vqa, edit
-    lr: float = 1.5e-3
-    warmup: int = 100
-    ema: float = 0.995
+    task_weights: tuple[float, float, float] = (0.25, 0.3, 0.45)  # t2i, vqa, edit
+    question_weights: dict = field(default_factory=lambda: dict(QUESTION_WEIGHTS))
+    edit_weights: dict = field(default_factory=lambda: {"recolor": 1.5, "move": 1.0, "resize": 1.5, "remove": 0.5,
+                                                        "add": 1.0})
+    lr: float = 1e-3
+    warmup: int = 200
+    ema: float = 0.998
     timestep_shift: float = 1.0
-    threads: int | None = None
+    threads: int = 1  # fixed, so that a resumed run computes the same bytes (1: steady on a busy machine)
+    eval_every: int = 1500  # a small held-out evaluation into the training log (0: never)
+    state_every_s: float = 300.0  # save a resumable state at least this often
+    weights_dtype: str = "float16"  # storage of ema.safetensors (upcast at load)
+
+
+QUICK = TrainSettings(size=SMALL, ae_steps=500, ae_batch=8, align_steps=400, steps=2000, lr=1.5e-3, warmup=100,
+                      ema=0.995, task_weights=(0.2, 0.35, 0.45), eval_every=0, weights_dtype="float32", threads=2)
+LONG = TrainSettings()
+RECIPES = {"quick": QUICK, "long": LONG}
 
 
 def _autocast():
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
+class Resumable:
+    """The training state on disk: saved atomically at most every ``every_s`` seconds, read back on start."""
+
+    def __init__(self, path: Path | None, every_s: float, settings: dict | None = None):
+        self.path, self.every_s, self.last, self.settings = path, every_s, time.time(), settings
+
+    def load(self) -> dict | None:
+        if self.path is None or not self.path.is_file():
+            return None
+        return torch.load(self.path, weights_only=False)  # our own file: tensors, RNG states, the log
+
+    def maybe_save(self, make_state, force: bool = False) -> None:
+        if self.path is None or not (force or time.time() - self.last >= self.every_s):
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        torch.save({**make_state(), "settings": self.settings}, tmp)
+        tmp.replace(self.path)  # never a half-written state
+        self.last = time.time()
+
+
+def cosine_lr(step: int, total: int, peak: float, warmup: int, floor: float) -> float:
+    """Linear warm-up to ``peak``, then a cosine down to ``floor * peak``."""
+    return peak * min(1.0, (step + 1) / warmup) * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / total)))
+
+
 # --- 1. the autoencoder -----------------------------------------------------------------------------------
 
-def train_autoencoder(ae: AutoEncoder, s: TrainSettings, log=print) -> dict:
+def train_autoencoder(ae: AutoEncoder, s: TrainSettings, log=print, state: dict | None = None,
+                      saver: Resumable | None = None, clock=None) -> dict:
     """Reconstruction (L1 + L2, object pixels weighted 5x so the small shapes are not drowned by the white
-    background) plus a light KL term. The log-variance head starts at -8 (posterior std ~0.02): with a
-    std near 1 the sampled latents would bury what the encoder knows."""
-    rng = random.Random(s.seed)
+    background) plus a light KL term, on training scenes only. The log-variance head starts at -8 (posterior
+    std ~0.02): with a std near 1 the sampled latents would bury what the encoder knows."""
+    rng, gen = random.Random(s.seed), torch.Generator().manual_seed(s.seed)
     z = ae.config.z_channels
     with torch.no_grad():
         ae.encoder.conv_out.bias[z:] = -8.0
     opt = torch.optim.AdamW(ae.parameters(), lr=s.ae_lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(s.seed)
+    first, curve = 0, []
+    if state is not None:  # resume
+        ae.load_state_dict(state["ae"])
+        opt.load_state_dict(state["opt"])
+        rng.setstate(state["rng"])
+        gen.set_state(state["gen"])
+        first, curve = state["step"], state["curve"]
     ae.train()
-    bar = tqdm(range(s.ae_steps), desc="autoencoder", leave=False)
+    bar = tqdm(range(first, s.ae_steps), desc="autoencoder", initial=first, total=s.ae_steps, leave=False)
     for step in bar:
-        scenes = [random_scene(rng) if rng.random() > 0.05 else EMPTY for _ in range(s.ae_batch)]
+        scenes = [training_scene(rng) if rng.random() > 0.05 else EMPTY for _ in range(s.ae_batch)]
         x = image_batch(scenes)  # (B, 3, 64, 64)
-        lr = s.ae_lr * min(1.0, (step + 1) / 50) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / s.ae_steps)))
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = cosine_lr(step, s.ae_steps, s.ae_lr, 50, 0.05)
         with _autocast():
             mean, logvar = ae.encoder(x).float().chunk(2, dim=1)
             z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)
@@ -81,14 +130,18 @@ def train_autoencoder(ae: AutoEncoder, s: TrainSettings, log=print) -> dict:
         weight = 1 + 4 * ((x < 0.99).any(dim=1, keepdim=True)).float()  # (B, 1, H, W): object pixels 5x
         rec = (weight * ((y - x).abs() + (y - x) ** 2)).mean()
         kl = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).mean()
-        loss = rec + 1e-4 * kl
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (rec + 1e-4 * kl).backward()
         opt.step()
-        if step % 20 == 0:
+        if step % 10 == 0:
+            curve.append([step, round(rec.item(), 5)])
             bar.set_postfix(rec=f"{rec.item():.4f}")
+        if saver is not None:
+            saver.maybe_save(lambda step=step: {"phase": "ae", "step": step + 1, "ae": ae.state_dict(),
+                                                "opt": opt.state_dict(), "rng": rng.getstate(),
+                                                "gen": gen.get_state(), "curve": curve, "elapsed": clock()})
     ae.eval()
-    return {"ae_rec_loss": rec.item()}
+    return {"ae_rec_loss": curve[-1][1] if curve else None, "ae_curve": curve}
 
 
 ALL_SCENES = all_scenes()
@@ -117,38 +170,55 @@ def set_scale_and_shift(ae: AutoEncoder, mean: torch.Tensor) -> AutoEncoder:
 
 @torch.no_grad()
 def reconstruction_error(ae: AutoEncoder, n: int = 64, seed: int = 123) -> float:
-    """Mean absolute pixel error (0..255 scale) of encode -> decode on fresh scenes."""
+    """Mean absolute pixel error (0..255 scale) of encode -> decode on held-out scenes."""
     rng = random.Random(seed)
-    x = image_batch([random_scene(rng) for _ in range(n)])
+    x = image_batch([held_out_scene(rng) for _ in range(n)])
     y = ae.decode(ae.encode(x, sample=False)).clamp(-1, 1)
     return float(((y - x).abs() * 127.5).mean())
 
 
 # --- 2. BAGEL ---------------------------------------------------------------------------------------------
 
+def _bagel_step(model, opt, params, seq, lr, s, gen) -> dict:
+    for group in opt.param_groups:
+        group["lr"] = lr
+    losses = packed_loss(model, seq, s.timestep_shift, gen)  # float32: at these widths bf16 is no faster here
+    opt.zero_grad(set_to_none=True)
+    (losses["ce"] + losses["mse"]).backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return losses
+
+
 def train_bagel(model: Bagel, tokenizer, special, table, ae_cfg, s: TrainSettings, log=print,
-                on_eval=None, eval_every: int = 0) -> Bagel:
-    """Train with the packed recipe; returns the EMA model."""
+                on_eval=None, state: dict | None = None, saver: Resumable | None = None, clock=None) -> tuple:
+    """Train with the packed recipe; returns (the EMA model, the training log)."""
     index = {sc: i for i, sc in enumerate(ALL_SCENES)}
     means, stds = table
-    gen = torch.Generator().manual_seed(s.seed + 1)
+    gen, rng = torch.Generator().manual_seed(s.seed + 1), random.Random(s.seed + 2)
 
     def latent_of(scene: Scene) -> torch.Tensor:
         i = index[scene]
         z = means[i] + stds[i] * torch.randn(means[i].shape, generator=gen)  # a fresh posterior sample
         return ae_cfg.scale_factor * (z - ae_cfg.shift_factor)
 
-    maker = SampleMaker(tokenizer, latent_of)
-    rng = random.Random(s.seed + 2)
+    maker = SampleMaker(tokenizer, latent_of, question_weights=s.question_weights, edit_weights=s.edit_weights)
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    first, history = 0, {"ce": [], "mse": [], "evals": []}
+    if state is not None:  # resume exactly where the state was saved
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        rng.setstate(state["rng"])
+        gen.set_state(state["gen"])
+        first, history = state["step"], state["history"]
     model.train()
     total = s.align_steps + s.steps
-    bar = tqdm(range(total), desc="micro-BAGEL", leave=False)
-    start = time.time()
+    bar = tqdm(range(first, total), desc="micro-BAGEL", initial=first, total=total, leave=False)
     for step in bar:
         seq = PackedSequence(special)
         # Alignment first: reading *where* a shape is from the ViT tokens sits on a long plateau before it is
@@ -156,78 +226,116 @@ def train_bagel(model: Bagel, tokenizer, special, table, ae_cfg, s: TrainSetting
         weights = (0.0, 1.0, 0.0) if step < s.align_steps else s.task_weights
         for task in rng.choices(TASKS, weights=weights, k=s.samples_per_step):
             seq.add_sample(maker.sample(task, rng), model, rng)
-        lr = s.lr * min(1.0, (step + 1) / s.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / total)))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        losses = packed_loss(model, seq, s.timestep_shift, gen)  # float32: at this width bf16 is slower on a CPU
-        loss = losses["ce"] + losses["mse"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        losses = _bagel_step(model, opt, params, seq, cosine_lr(step, total, s.lr, s.warmup, 0.1), s, gen)
         with torch.no_grad():
             decay = min(s.ema, (1 + step) / (10 + step))
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - decay)
+        history["ce"].append(round(losses["ce"].item(), 4))
+        history["mse"].append(round(losses["mse"].item(), 4))
         if step % 10 == 0:
-            bar.set_postfix(ce=f"{losses['ce'].item():.3f}", mse=f"{losses['mse'].item():.3f}")
-        if step % 250 == 0 or step == total - 1:
-            log(f"step {step:5d}  ce {losses['ce'].item():.4f}  mse {losses['mse'].item():.4f}  "
-                f"lr {lr:.2e}  {time.time() - start:6.0f} s")
-        if on_eval and eval_every and step and step % eval_every == 0:
-            on_eval(ema, step)
+            bar.set_postfix(ce=f"{history['ce'][-1]:.3f}", mse=f"{history['mse'][-1]:.3f}")
+        if on_eval and s.eval_every and (step + 1) % s.eval_every == 0:
+            history["evals"].append({"step": step + 1, **on_eval(ema)})
+            log(f"step {step + 1}: " + "  ".join(f"{k} {v:.2f}" for k, v in history["evals"][-1].items()
+                                                  if k != "step"))
+        if saver is not None:
+            saver.maybe_save(lambda step=step: {"phase": "bagel", "step": step + 1, "model": model.state_dict(),
+                                                "ema": ema.state_dict(), "opt": opt.state_dict(),
+                                                "rng": rng.getstate(), "gen": gen.get_state(),
+                                                "history": history, "elapsed": clock()},
+                             force=step + 1 == total)
     model.eval()
-    return ema
+    return ema, history
 
 
 # --- the command ------------------------------------------------------------------------------------------
 
-def train(out: Path, s: TrainSettings, log=print, eval_every: int = 0) -> dict:
-    """Train the autoencoder and micro-BAGEL from scratch; write an official-layout folder to ``out``.
-
-    With ``eval_every`` > 0 a quick evaluation of the EMA model is printed every that many steps (its time is
-    included in the reported training time).
-    """
-    if s.threads:
-        torch.set_num_threads(s.threads)
-    torch.manual_seed(s.seed)
-    t0 = time.time()
-    tokenizer, special = build_tokenizer()
-    cfg = micro_config(vocab_size=((len(tokenizer) + 7) // 8) * 8)
-    model, ae = Bagel(cfg), AutoEncoder(cfg.vae)
-    torch.nn.init.zeros_(model.llm2vae.weight)  # as BAGEL: the velocity head starts at zero
-    torch.nn.init.zeros_(model.llm2vae.bias)
-
-    log(f"micro-BAGEL: {sum(p.numel() for p in model.parameters()):,} parameters, autoencoder "
-        f"{sum(p.numel() for p in ae.parameters()):,}")
-    ae_stats = train_autoencoder(ae, s, log)
-    table = posterior_table(ae)
-    set_scale_and_shift(ae, table[0])
-    rec = reconstruction_error(ae)
-    log(f"autoencoder: {time.time() - t0:.0f} s, reconstruction error {rec:.2f}/255, scale {ae.config.scale_factor},"
-        f" shift {ae.config.shift_factor}")
-    for p in ae.parameters():
-        p.requires_grad_(False)
-
-    def quick_eval(ema_model, step):
+def _quick_eval(ae, tokenizer, special):
+    def run(ema_model) -> dict:
         from ..pipeline import Pipeline
         from .data import micro_transform
         from .evaluate import evaluate_model
 
         pipe = Pipeline(ema_model, ae, tokenizer, special, micro_transform(), micro_transform())
-        m = evaluate_model(pipe, n_t2i=12, n_vqa=40, n_edit=12, num_timesteps=20, progress=False)
-        log(f"  eval at step {step}: " + "  ".join(f"{k} {m[k]:.2f}" for k in
-                                                  ("t2i_color_acc", "t2i_position_acc", "vqa_acc", "edit_success")))
+        m = evaluate_model(pipe, n_t2i=15, n_vqa=40, n_edit=15, num_timesteps=20, progress=False, seed=999)
+        keys = ("t2i_color_acc", "t2i_position_acc", "t2i_shape_acc", "t2i_size_acc", "vqa_acc",
+                "vqa_position_acc", "edit_success")
+        return {k: round(m[k], 3) for k in keys}
+    return run
 
-    t1 = time.time()
-    ema = train_bagel(model, tokenizer, special, table, ae.config, s, log, on_eval=quick_eval if eval_every else None,
-                      eval_every=eval_every)
-    log(f"micro-BAGEL: {time.time() - t1:.0f} s")
+
+def default_state_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.train_state.pt"
+
+
+def train(out: Path, s: TrainSettings, log=print, state_path: Path | None = None) -> dict:
+    """Train the autoencoder and micro-BAGEL from scratch (or resume from ``state_path``, which is written
+    every ``s.state_every_s`` seconds); write an official-layout folder to ``out`` and its training log."""
+    torch.set_num_threads(s.threads)
+    recipe = json.loads(json.dumps(asdict(s), default=str))  # what a state must have been made with
+    saver = Resumable(state_path, s.state_every_s, recipe)
+    state = saver.load()
+    if state is not None and state["settings"] != recipe:
+        changed = sorted(k for k in recipe if state["settings"].get(k) != recipe[k])
+        raise ValueError(f"the training state {state_path} was made with other settings ({', '.join(changed)}): "
+                         "run with the same ones to continue it, or delete the file to start again")
+    done_before = state["elapsed"] if state else 0.0
+    t0 = time.time()
+
+    def clock():
+        return done_before + time.time() - t0
+
+    tokenizer, special = build_tokenizer()
+    cfg = micro_config(vocab_size=((len(tokenizer) + 7) // 8) * 8, size=s.size)
+    with torch.random.fork_rng():  # the initial weights come from the seed, without touching the global RNG
+        torch.manual_seed(s.seed)
+        model, ae = Bagel(cfg), AutoEncoder(cfg.vae)
+    torch.nn.init.zeros_(model.llm2vae.weight)  # as BAGEL: the velocity head starts at zero
+    torch.nn.init.zeros_(model.llm2vae.bias)
+    log(f"micro-BAGEL: {sum(p.numel() for p in model.parameters()):,} parameters, autoencoder "
+        f"{sum(p.numel() for p in ae.parameters()):,}" + (f"; resuming at {state['phase']} step {state['step']}"
+                                                          if state else ""))
+    if state is None or state["phase"] == "ae":
+        ae_stats = train_autoencoder(ae, s, log, state, saver, clock)
+        ae_stats.update(autoencoder_quality(ae))
+        log(f"autoencoder after {clock():.0f} s: PSNR {ae_stats['ae_psnr']} dB, every attribute read back right "
+            f"on {ae_stats['ae_attribute_acc']:.1%} of held-out reconstructions")
+    else:
+        ae.load_state_dict(state["ae_final"])
+        ae_stats = state["ae_stats"]
+    table = posterior_table(ae)
+    set_scale_and_shift(ae, table[0])
+    for p in ae.parameters():
+        p.requires_grad_(False)
+    ae_final = ae.state_dict()
+    bagel_state = state if state is not None and state["phase"] == "bagel" else None
+    saver_bagel = _WithAutoencoder(saver, ae_final, ae_stats)
+    ema, history = train_bagel(model, tokenizer, special, table, ae.config, s, log,
+                               _quick_eval(ae, tokenizer, special) if s.eval_every else None, bagel_state,
+                               saver_bagel, clock)
+    seconds = clock()
+    log(f"trained in {seconds:.0f} s")
+    if s.weights_dtype != "float32":
+        ema = copy.deepcopy(ema).to(getattr(torch, s.weights_dtype))
     save_bagel(out, ema, ae, tokenizer)
-    stats = {"seed": s.seed, "train_seconds": round(time.time() - t0, 1), "ae_reconstruction_error": round(rec, 3),
-             **ae_stats, "settings": s.__dict__}
-    (out / "train_log.json").write_text(json.dumps(stats, indent=2, default=str))
+    stats = {"seed": s.seed, "train_seconds": round(seconds, 1), "ae_reconstruction_error": round(
+        reconstruction_error(ae), 3), "ae_rec_loss": ae_stats["ae_rec_loss"], "settings": asdict(s),
+        "ae_curve": ae_stats["ae_curve"], "ae_psnr": ae_stats["ae_psnr"],
+        "ae_attribute_acc": ae_stats["ae_attribute_acc"], "loss": {"ce": history["ce"], "mse": history["mse"]},
+        "align_steps": s.align_steps, "evals": history["evals"]}
+    (out / "train_log.json").write_text(json.dumps(stats, default=str, separators=(",", ":")))
     return stats
 
 
-__all__ = ["TrainSettings", "train", "train_autoencoder", "train_bagel"]
+class _WithAutoencoder:
+    """A ``Resumable`` whose BAGEL-phase states also carry the finished autoencoder."""
+
+    def __init__(self, saver: Resumable, ae_final: dict, ae_stats: dict):
+        self.saver, self.extra = saver, {"ae_final": ae_final, "ae_stats": ae_stats}
+
+    def maybe_save(self, make_state, force: bool = False):
+        self.saver.maybe_save(lambda: {**make_state(), **self.extra}, force)
+
+
+__all__ = ["LONG", "QUICK", "RECIPES", "TrainSettings", "train", "train_autoencoder", "train_bagel"]

@@ -84,6 +84,29 @@ def random_scene(rng: random.Random) -> Scene:
                  (rng.choice(JITTER), rng.choice(JITTER)))
 
 
+# Held-out scenes: those drawn with these two jitter offsets. Training never renders them (nor encodes them, nor
+# asks about them); evaluation draws only from them, so every score is measured on images the model never saw.
+# Each held-out scene differs from some training scene only by a 2-4 pixel shift, and every shape, colour,
+# position and size occurs on both sides. Edits keep the jitter, so an edit's source and target are held out
+# together (``add`` starts from the empty canvas, which both sides share).
+HELD_OUT_JITTER = frozenset({(2, -2), (-2, 2)})
+
+
+def is_held_out(scene: Scene) -> bool:
+    return not scene.empty and scene.jitter in HELD_OUT_JITTER
+
+
+def training_scene(rng: random.Random) -> Scene:
+    """A random scene that is not held out (7 of the 9 jitter offsets)."""
+    offsets = sorted((dx, dy) for dx in JITTER for dy in JITTER if (dx, dy) not in HELD_OUT_JITTER)
+    return replace(random_scene(rng), jitter=rng.choice(offsets))
+
+
+def held_out_scene(rng: random.Random) -> Scene:
+    """A random held-out scene (one of the two held-out jitter offsets)."""
+    return replace(random_scene(rng), jitter=rng.choice(sorted(HELD_OUT_JITTER)))
+
+
 def all_scenes() -> list[Scene]:
     """Every scene the world can draw (the empty canvas first): 1 + 3 * 6 * 5 * 2 * 9 = 1621."""
     return [EMPTY] + [Scene(sh, c, p, sz, (dx, dy)) for sh in SHAPES for c in COLORS for p in POSITIONS
@@ -109,10 +132,13 @@ QUESTIONS = {
 }
 
 
-def question_answer(scene: Scene, rng: random.Random, weights: dict | None = None) -> tuple[str, str, str]:
-    """(kind, question, one-word answer) about a non-empty scene; ``weights`` favour some kinds of question."""
+def question_answer(scene: Scene, rng: random.Random, weights: dict | None = None,
+                    kind: str | None = None) -> tuple[str, str, str]:
+    """(kind, question, one-word answer) about a non-empty scene; ``weights`` favour some kinds of question,
+    ``kind`` asks that one."""
     kinds = list(QUESTIONS)
-    kind = rng.choices(kinds, weights=[weights[k] for k in kinds])[0] if weights else rng.choice(kinds)
+    if kind is None:
+        kind = rng.choices(kinds, weights=[weights[k] for k in kinds])[0] if weights else rng.choice(kinds)
     answer = {"color": scene.color, "shape": scene.shape, "position": scene.position, "size": scene.size}[kind]
     return kind, QUESTIONS[kind].format(shape=scene.shape), answer
 
