@@ -10,7 +10,7 @@ PIP_CONSTRAINTS ?= constraints/cpu.txt
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup test workbook figures book benchmark lint clean
+.PHONY: setup test workbook figures slides book benchmark lint clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,9 @@ workbook: setup
 
 figures: setup
 	$(PY) scripts/make_figures.py
+
+slides: setup  # make slides NB=06
+	$(PY) scripts/make_slides.py $(NB)
 
 book: setup   # executes every notebook and writes a static site: build/book/index.html
 	$(PY) scripts/build_book.py
