@@ -35,7 +35,7 @@ class MicroSize:
     vit_hidden: int = 96
     vit_layers: int = 3
     vit_heads: int = 3
-    ae_ch: int = 64  # autoencoder width (FLUX's is 128)
+    ae_ch: int = 32  # autoencoder width (FLUX's is 128)
 
 
 SMALL = MicroSize(hidden=128, layers=4, heads=4, kv_heads=2, intermediate=384, vit_hidden=64, vit_layers=2,
