@@ -1,0 +1,95 @@
+"""Worker of ``vs_official.py``: runs one workload through bagel_lite, one thread, float32.
+
+    .venv/bin/python benchmarks/_lite_runner.py --golden DIR --workload t2i256
+
+The same workloads, inputs, settings and seed as ``_official_runner.py`` (both read ``_bench_common.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench_common as common  # noqa: E402
+
+
+def make_call(pipe, spec: dict, golden: Path):
+    """The workload as a function returning (seconds, tokens, sanity)."""
+    kind, settings = spec["kind"], spec.get("settings", {})
+    image = common.input_image(golden) if kind in ("edit", "und") else None
+
+    if kind == "und":
+        captured = {}
+        generate_text = pipe.generate_text
+
+        def timed_generate_text(*a, **kw):  # the token loop only: the image and question are read before it
+            captured["text"] = common.timed(lambda: generate_text(*a, **kw))
+            return captured["text"][1]
+
+        pipe.generate_text = timed_generate_text
+
+        def call():
+            pipe.answer(image, spec["prompt"], max_tokens=spec["max_tokens"])
+            secs, ids = captured["text"]
+            return secs, len(ids), {"text_ids": list(ids)}
+        return call
+
+    def call():
+        if kind == "t2i":
+            secs, out = common.timed(lambda: pipe.generate(spec["prompt"], image_shape=tuple(spec["shape"]),
+                                                           seed=common.SEED, progress=False, **settings))
+        else:
+            secs, out = common.timed(lambda: pipe.edit(image, spec["prompt"], seed=common.SEED, progress=False,
+                                                       **settings))
+        return secs, None, {"latent": out.latents.float().clone()}
+    return call
+
+
+def load(ckpt: Path):
+    import torch
+
+    import bagel_lite
+    from bagel_lite.transforms import ImageTransform
+
+    return bagel_lite.load(ckpt, device="cpu", dtype=torch.float32,
+                           vae_transform=ImageTransform(*common.VAE_TRANSFORM),
+                           vit_transform=ImageTransform(*common.VIT_TRANSFORM))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--golden", type=Path, required=True)
+    ap.add_argument("--workload", choices=sorted(common.WORKLOADS), required=True)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--dump", type=Path, help="save the sanity outputs (latents / text ids) here (torch.save)")
+    ap.add_argument("--profile", type=Path, help="profile one run into this folder instead of timing")
+    args = ap.parse_args()
+
+    import torch
+
+    common.one_thread()
+    spec = common.WORKLOADS[args.workload]
+    (load_s, _), pipe = common.timed(lambda: load(args.golden / "tiny_ckpt"))
+    rss_loaded = common.rss_mib()
+    call = make_call(pipe, spec, args.golden)
+    with torch.no_grad():
+        if args.profile:
+            call()
+            common.profile(call, args.profile, "lite", args.workload)
+            return
+        times, cpu_times, tokens, sanity = common.measure(call, args.warmup, args.repeat)
+    if args.dump:
+        torch.save(sanity, args.dump)
+    import bagel_lite
+
+    common.report("lite", args.workload, times, cpu_times, tokens, load_s, rss_loaded,
+                  {"torch": torch.__version__, "package": str(Path(bagel_lite.__file__).parent)})
+
+
+if __name__ == "__main__":
+    main()
