@@ -10,9 +10,10 @@
 from .bagel import Bagel
 from .checkpoint import CheckpointError, load_bagel, save_bagel
 from .config import BagelConfig, full, tiny
+from .contexts import Context
 from .conversation import Conversation
-from .inference import Context, GenerationStopped, StepInfo, TokenInfo
 from .pipeline import Generated, Pipeline, load
+from .progress import GenerationStopped, StepInfo, TokenInfo
 from .settings import EDIT_SETTINGS, T2I_SETTINGS, ImageSettings
 
 __all__ = [

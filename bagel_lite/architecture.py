@@ -88,7 +88,7 @@ BOXES: tuple[Box, ...] = (
     Box("vae2llm", *_at(_D, _VAE), "vae2llm", "+ time_embedder(t)\n+ latent_pos_embed", "bagel.py, timestep.py",
         "02, 05b", "gen", ("positions", "training", "sampler")),
     Box("packed", _PACK[0], 2, _PACK[1], 60, "packed\nsequence", "text, ViT and\nlatent tokens\nin one row;\n\n"
-        "causal / full /\nnoise splits;\n\n1D RoPE ids:\none per image", "attention.py\ntraining.py", "02, 04",
+        "causal / full /\nnoise splits;\n\n1D RoPE ids:\none per image", "masks.py\ntraining.py", "02, 04",
         "shared", ("masks", "positions", "training")),
     Box("mot", _MOT[0], 2, _MOT[1], 60, "MoT layer  x N", "", "qwen2_mot.py", "05", "shared", ("mot",)),
     Box("und_expert", _MOT[0] + 2, 44, _MOT[1] - 4, 12, "understanding\nexpert", "text, markers, ViT", "", "05",
@@ -104,11 +104,11 @@ BOXES: tuple[Box, ...] = (
     Box("losses", *_at(_RIGHT, _VIT), "training losses", "CE on answers\n+ MSE(v, noise - x0)", "training.py",
         "05b", "out", ("training",)),
     Box("sampler", *_at(_HEAD, _LOW), "flow-matching\nsampler", "t: 1 -> 0, CFG",
-        "flow.py", "06, 08", "out", ("sampler", "editing")),
+        "flow.py, denoising.py", "06, 08", "out", ("sampler", "editing")),
     Box("decoder", *_at(_RIGHT, _LOW), "FLUX decoder", "latent -> image", "autoencoder.py", "03", "gen",
         ("vae", "sampler", "editing")),
     Box("pipeline", 0, 64, WIDTH, 5.5, "Pipeline: generate / edit / answer / think / chat, over KV-cached "
-        "contexts", "", "pipeline.py, inference.py, playground.py", "00, 08, 09", "other",
+        "contexts", "", "pipeline.py, conversation.py, contexts.py, ui/", "00, 08, 09", "other",
         ("playground", "editing")),
     Box("seedx", 0, _LOW - 6, 51, 10, "SEED-X's road, beside BAGEL", "ViT embeddings pooled to N -> LLM regresses "
         "them -> de-tokenizer", "seedx/", "10", "other", ("seedx",)),

@@ -22,8 +22,8 @@ from torch import nn
 
 from .config import BagelConfig
 from .positions import PositionEmbedding, rope_cos_sin
-from .qwen2_mot import KV, Qwen2ForCausalLM
-from .siglip import MLPConnector, SiglipVisionModel
+from .qwen2_mot import KV, LanguageModel
+from .siglip import MLPConnector, SiglipNaViT
 from .timestep import TimestepEmbedder
 
 
@@ -32,14 +32,14 @@ class Bagel(nn.Module):
         super().__init__()
         self.config = cfg
         d = cfg.llm.hidden_size
-        self.language_model = Qwen2ForCausalLM(cfg.llm)
+        self.language_model = LanguageModel(cfg.llm)
         # Generation side: latent tokens in and velocities out.
         self.time_embedder = TimestepEmbedder(d)
         self.vae2llm = nn.Linear(cfg.patch_latent_dim, d)
         self.llm2vae = nn.Linear(d, cfg.patch_latent_dim)
         self.latent_pos_embed = PositionEmbedding(cfg.max_latent_size, d)
         # Understanding side: ViT features in.
-        self.vit_model = SiglipVisionModel(cfg.vit)
+        self.vit_model = SiglipNaViT(cfg.vit)
         self.connector = MLPConnector(cfg.vit.hidden_size, d)
         self.vit_pos_embed = PositionEmbedding(cfg.vit_max_num_patch_per_side, d)
 

@@ -186,8 +186,9 @@ def load_tensors(path: Path, device) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def read_tokenizer(folder: Path):
-    """The folder's tokenizer with BAGEL's markers; a corrupt tokenizer file is named."""
+def read_tokenizer(folder: Path, vocab_size: int | None = None):
+    """The folder's tokenizer with BAGEL's markers; a corrupt tokenizer file is named, and so is a tokenizer
+    with more tokens than the model's ``vocab_size`` embedding rows (when given)."""
     for name in ("vocab.json", "tokenizer.json", "tokenizer_config.json", "added_tokens.json",
                  "special_tokens_map.json"):
         if (folder / name).is_file():
@@ -197,11 +198,23 @@ def read_tokenizer(folder: Path):
     except (OSError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{folder / 'merges.txt'} could not be read as text ({e}); restore it") from e
     try:
-        return load_tokenizer(folder)
+        tokenizer, special = load_tokenizer(folder)
     except Exception as e:  # transformers' and tokenizers' own errors for a malformed vocabulary or merge list
         raise CheckpointError(f"the tokenizer files in {folder} (vocab.json, merges.txt, tokenizer*.json) could "
                               f"not be loaded ({type(e).__name__}: {e}); restore them from the original download"
                               ) from e
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise CheckpointError(
+            f"the tokenizer in {folder} has {len(tokenizer)} tokens but the model only {vocab_size} "
+            "embedding rows: the tokenizer files belong to another model"
+        )
+    return tokenizer, special
+
+
+def load_autoencoder(ae: AutoEncoder, folder: Path) -> AutoEncoder:
+    """The folder's ``ae.safetensors`` into ``ae`` (built on the meta device): on the CPU, float32, eval mode."""
+    ae.load_state_dict(load_tensors(folder / "ae.safetensors", "cpu"), strict=True, assign=True)
+    return ae.eval()
 
 
 def check_folder(folder: str | Path) -> tuple[BagelConfig, Bagel, AutoEncoder]:
@@ -228,15 +241,9 @@ def load_bagel(folder: str | Path, device: str | torch.device = "cpu", dtype: to
     """
     folder = Path(folder)
     cfg, model, ae = check_folder(folder)
-    tokenizer, special = read_tokenizer(folder)
-    if len(tokenizer) > cfg.llm.vocab_size:
-        raise CheckpointError(
-            f"the tokenizer in {folder} has {len(tokenizer)} tokens but the model only {cfg.llm.vocab_size} "
-            "embedding rows: the tokenizer files belong to another model"
-        )
-
+    tokenizer, special = read_tokenizer(folder, cfg.llm.vocab_size)
     model.load_state_dict(load_tensors(folder / "ema.safetensors", "cpu"), strict=True, assign=True)
-    ae.load_state_dict(load_tensors(folder / "ae.safetensors", "cpu"), strict=True, assign=True)
+    ae = load_autoencoder(ae, folder)
     model.to(device=device, dtype=dtype).eval()
     ae.to(device=ae_device, dtype=ae_dtype).eval()
     for p in list(model.parameters()) + list(ae.parameters()):

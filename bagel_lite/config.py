@@ -55,9 +55,9 @@ class LLMConfig:
     rms_norm_eps: float = 1e-6
     max_position_embeddings: int = 32768
     hidden_act: str = "silu"
-    # Set by the official app on top of the Qwen2 config:
-    qk_norm: bool = True
-    tie_word_embeddings: bool = False
+    # Set by the official app on top of the Qwen2 config (whatever the file says); the only values built here:
+    qk_norm: bool = True  # per-head RMSNorm of queries and keys before RoPE (the q_norm / k_norm weights)
+    tie_word_embeddings: bool = False  # lm_head is its own weight, not embed_tokens
     layer_module: str = "Qwen2MoTDecoderLayer"
 
     @property
@@ -81,6 +81,10 @@ class LLMConfig:
             )
         if self.hidden_act not in SUPPORTED_LLM_ACT:
             raise ValueError(f"LLM hidden_act {self.hidden_act!r} is not supported; use one of {SUPPORTED_LLM_ACT}")
+        for name, official in (("qk_norm", True), ("tie_word_embeddings", False)):
+            if check_bool(name, getattr(self, name)) != official:
+                raise ValueError(f"{name}={not official} is not supported: BAGEL's layers are built with {name}="
+                                 f"{official} (the official app sets it so whatever llm_config.json says)")
         if self.layer_module != "Qwen2MoTDecoderLayer":
             raise ValueError(
                 f"layer_module {self.layer_module!r}: bagel_lite implements the released Qwen2MoTDecoderLayer only"
@@ -210,15 +214,6 @@ def tiny() -> BagelConfig:
         vit=ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
         vae=AEConfig(ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1),
     )
-
-
-PRESETS = {"full": full, "tiny": tiny}
-
-
-def preset(name: str) -> BagelConfig:
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ import torch
 from PIL import Image
 
 from .checks import check_bool
-from .inference import Context, Engine
+from .contexts import Context
+from .inference import Engine
 from .settings import T2I_SETTINGS, ImageSettings, check_text, check_text_sampling, image_settings, make_generator
 from .transforms import pil_img2rgb
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import LoadedBagel, build, check_folder, load_tensors, read_tokenizer
+from .checkpoint import LoadedBagel, build, check_folder, load_autoencoder, load_tensors, read_tokenizer
 from .config import BagelConfig
 
 GiB = 1024**3
@@ -104,6 +104,7 @@ def load_on_gpus(folder: str | Path, dtype: torch.dtype = torch.bfloat16, max_me
 
     folder = Path(folder)
     cfg, model, ae = check_folder(folder)
+    tokenizer, special = read_tokenizer(folder, cfg.llm.vocab_size)
     free = free_gpu_memory()
     check_fits(estimate_memory(cfg, dtype), free)
     max_memory = max_memory or {i: int(b * 0.9) for i, b in free.items()}
@@ -111,9 +112,7 @@ def load_on_gpus(folder: str | Path, dtype: torch.dtype = torch.bfloat16, max_me
     state = load_tensors(folder / "ema.safetensors", "cpu")
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
     model = dispatch_model(model.eval(), device_map=dmap)
-    ae.load_state_dict(load_tensors(folder / "ae.safetensors", "cpu"), strict=True, assign=True)
-    tokenizer, special = read_tokenizer(folder)
-    return LoadedBagel(model, ae.eval(), tokenizer, special, cfg, folder)
+    return LoadedBagel(model, load_autoencoder(ae, folder), tokenizer, special, cfg, folder)
 
 
 # --- 4-bit and 8-bit loading (optional: bitsandbytes on a CUDA machine) --------------------------------------
@@ -144,10 +143,9 @@ def load_quantized(folder: str | Path, mode: str, max_memory: dict | None = None
 
     folder = Path(folder)
     cfg, model, ae = check_folder(folder)
+    tokenizer, special = read_tokenizer(folder, cfg.llm.vocab_size)
     max_memory = max_memory or {i: int(b * 0.9) for i, b in free_gpu_memory().items()}
     model = load_and_quantize_model(model, BnbQuantizationConfig(**QUANTIZATION[mode]),
                                     weights_location=str(folder / "ema.safetensors"),
                                     device_map=device_map(model, max_memory), offload_folder=str(folder / "offload"))
-    ae.load_state_dict(load_tensors(folder / "ae.safetensors", "cpu"), strict=True, assign=True)
-    tokenizer, special = read_tokenizer(folder)
-    return LoadedBagel(model.eval(), ae.eval(), tokenizer, special, cfg, folder)
+    return LoadedBagel(model.eval(), load_autoencoder(ae, folder), tokenizer, special, cfg, folder)

@@ -5,17 +5,25 @@ Convention (as in BAGEL and minimal rectified-flow code; the opposite of faceboo
     x_t = (1 - t) * x_0 + t * noise        t = 1 is pure noise, t = 0 is the image
     v   = d x_t / d t = noise - x_0         what the model predicts (points from the image to the noise)
 
-Sampling walks t from 1 down to 0 with Euler steps ``x <- x - v * (t_k - t_k+1)``.
+Sampling walks t from 1 down to 0 with Euler steps ``x <- x - v * (t_k - t_k+1)``: ``sample`` is that one
+loop, used by BAGEL's denoising (``denoising.py``) and by SEED-X's de-tokenizer, each handing it a velocity.
 
 Guidance mixes up to three velocities of the same noisy latents seen in three contexts:
 ``v_c`` (full context), ``v_text`` (without the last text) and ``v_img`` (without the images). Text guidance
 comes first, then image guidance, and a *renorm* keeps the guided velocity from growing larger than the
-conditional one.
+conditional one. The rules of guidance are written here once: a scale <= 1 switches guidance off
+(``guidance_on``), image guidance needs text guidance (``guidance_branches``), and outside ``cfg_interval``
+both scales are 1 (``guidance_scales``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from tqdm.auto import tqdm
+
+from .progress import GenerationStopped
 
 RENORM_TYPES = ("global", "channel", "text_channel")
 
@@ -36,10 +44,27 @@ def logit_normal_timesteps(n: int, shift: float = 1.0, generator: torch.Generato
     return shift * t / (1 + (shift - 1) * t)
 
 
+def guidance_on(scale: float) -> bool:
+    """Guidance at a scale <= 1 is switched off (``uncond + 1 * (cond - uncond)`` is just ``cond``)."""
+    return scale > 1.0
+
+
+def guidance_branches(cfg_text_scale: float, cfg_img_scale: float) -> tuple[bool, bool]:
+    """Which unconditional velocities a step needs: (without the text, without the images). As in the
+    official code, image guidance runs only together with text guidance."""
+    text = guidance_on(cfg_text_scale)
+    return text, text and guidance_on(cfg_img_scale)
+
+
 def guidance_scales(t: float, cfg_text_scale: float, cfg_img_scale: float, cfg_interval) -> tuple[float, float]:
     """The (text, image) scales in force at flow time t: the user's inside ``lo < t <= hi``, else 1 (off)."""
     lo, hi = cfg_interval
     return (cfg_text_scale, cfg_img_scale) if lo < t <= hi else (1.0, 1.0)
+
+
+def cfg_mix(v_uncond: torch.Tensor, v_cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: ``v_uncond + scale * (v_cond - v_uncond)`` (scale 1 gives ``v_cond``)."""
+    return v_uncond + scale * (v_cond - v_uncond)
 
 
 def _norm_ratio(reference: torch.Tensor, guided: torch.Tensor, per_token: bool, rmin: float) -> torch.Tensor:
@@ -51,24 +76,25 @@ def _norm_ratio(reference: torch.Tensor, guided: torch.Tensor, per_token: bool, 
 
 
 def guided_velocity(v_c: torch.Tensor, v_text: torch.Tensor | None, v_img: torch.Tensor | None,
-                    text_scale: float, img_scale: float, renorm_type: str = "global",
-                    renorm_min: float = 0.0) -> torch.Tensor:
+                    cfg_text_scale: float, cfg_img_scale: float, cfg_renorm_type: str = "global",
+                    cfg_renorm_min: float = 0.0) -> torch.Tensor:
     """Combine the branch velocities (each (N, 64)) into the one used for the Euler step.
 
-    No text guidance (``text_scale <= 1``) means no guidance at all: ``v_c`` is returned, and image guidance
-    is skipped too, exactly as in the official code.
+    No text guidance (``cfg_text_scale <= 1``) means no guidance at all: ``v_c`` is returned, and image
+    guidance is skipped too, exactly as in the official code.
     """
-    if text_scale <= 1.0:
+    text, image = guidance_branches(cfg_text_scale, cfg_img_scale)
+    if not text:
         return v_c
-    guided = v_text + text_scale * (v_c - v_text)
-    if renorm_type == "text_channel":  # renorm the text-guided velocity per token, then image guidance
-        guided = guided * _norm_ratio(v_c, guided, per_token=True, rmin=renorm_min)
-        return v_img + img_scale * (guided - v_img) if img_scale > 1.0 else guided
-    if img_scale > 1.0:
-        guided = v_img + img_scale * (guided - v_img)
-    if renorm_type not in ("global", "channel"):
-        raise ValueError(f"cfg_renorm_type {renorm_type!r} is unknown; use one of {RENORM_TYPES}")
-    return guided * _norm_ratio(v_c, guided, per_token=renorm_type == "channel", rmin=renorm_min)
+    guided = cfg_mix(v_text, v_c, cfg_text_scale)
+    if cfg_renorm_type == "text_channel":  # renorm the text-guided velocity per token, then image guidance
+        guided = guided * _norm_ratio(v_c, guided, per_token=True, rmin=cfg_renorm_min)
+        return cfg_mix(v_img, guided, cfg_img_scale) if image else guided
+    if image:
+        guided = cfg_mix(v_img, guided, cfg_img_scale)
+    if cfg_renorm_type not in ("global", "channel"):
+        raise ValueError(f"cfg_renorm_type {cfg_renorm_type!r} is unknown; use one of {RENORM_TYPES}")
+    return guided * _norm_ratio(v_c, guided, per_token=cfg_renorm_type == "channel", rmin=cfg_renorm_min)
 
 
 def euler_step(x: torch.Tensor, v: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
@@ -80,3 +106,23 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.T
     """The training interpolation ``(1 - t) * x0 + t * noise``; t broadcasts over each token's channels."""
     t = t.reshape(-1, *([1] * (x0.ndim - 1)))
     return (1 - t) * x0 + t * noise
+
+
+@torch.no_grad()
+def sample(velocity_fn: Callable[[torch.Tensor, float], torch.Tensor], noise: torch.Tensor, num_timesteps: int,
+           timestep_shift: float = 1.0, callback: Callable | None = None, progress: bool = False) -> torch.Tensor:
+    """The sampling loop: Euler steps from ``noise`` (t = 1) to the image (t = 0) along ``velocity_fn(x, t)``.
+
+    ``num_timesteps`` grid points of ``timestep_schedule`` give ``num_timesteps - 1`` steps; t is handed to
+    ``velocity_fn`` as a Python float. ``callback(step, t, x, v)`` sees each step before its update; returning
+    ``False`` ends the run between two steps (``GenerationStopped``). Guidance lives in ``velocity_fn``.
+    """
+    ts = timestep_schedule(num_timesteps, timestep_shift)
+    x = noise
+    for k in tqdm(range(num_timesteps - 1), desc="denoising", disable=not progress, leave=False):
+        t, t_next = float(ts[k]), float(ts[k + 1])
+        v = velocity_fn(x, t)
+        if callback is not None and callback(k, t, x, v) is False:
+            raise GenerationStopped(k)
+        x = euler_step(x, v, t, t_next)
+    return x

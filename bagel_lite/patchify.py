@@ -78,3 +78,15 @@ def position_ids(height: int, width: int, patch_size: int, max_per_side: int, in
         )
     fn = position_ids_interpolate if interpolate else position_ids_extrapolate
     return fn(height, width, patch_size, max_per_side)
+
+
+def image_position_ids(cfg, pixel_shape: tuple[int, int], kind: str) -> torch.Tensor:
+    """The position ids of an image of ``pixel_shape`` (height, width) in pixels, as BAGEL (``cfg``) reads it,
+    in training and in inference alike: ``"vit"`` -> its ViT patches (interpolated when
+    ``cfg.interpolate_pos``), ``"vae"`` -> its latent tokens (one per ``cfg.latent_downsample`` pixels)."""
+    height, width = pixel_shape
+    if kind == "vit":
+        return position_ids(height, width, cfg.vit.patch_size, cfg.vit_max_num_patch_per_side, cfg.interpolate_pos)
+    if kind == "vae":
+        return position_ids(height, width, cfg.latent_downsample, cfg.max_latent_size)
+    raise ValueError(f"kind must be 'vit' or 'vae', got {kind!r}")

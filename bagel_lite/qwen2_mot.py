@@ -128,7 +128,7 @@ class PackedAttentionMoT(nn.Module):
 
     def forward(self, x, gen_mask, cos, sin, allowed, past: KV | None = None):
         """x: (B, L, hidden); cos/sin: (B, L, head_dim); allowed: (B, 1, L, T+L) bool, a mask object of
-        ``attention`` (KeyMask, PackedMask) or None.
+        ``masks`` (KeyMask, PackedMask) or None.
 
         Returns the attention output (B, L, hidden) and this layer's keys/values for the T cached plus L new
         tokens (B, num_kv_heads, T+L, head_dim).
@@ -171,7 +171,10 @@ class Qwen2MoTDecoderLayer(nn.Module):
         return x, kv
 
 
-class Qwen2Model(nn.Module):
+class MoTDecoder(nn.Module):
+    """Token embedding, the MoT layers and each expert's final norm: embeddings in, hidden states out (the
+    checkpoint's ``language_model.model.*``; transformers' ``Qwen2Model`` with a second expert per layer)."""
+
     def __init__(self, cfg: LLMConfig):
         super().__init__()
         self.config = cfg
@@ -190,10 +193,13 @@ class Qwen2Model(nn.Module):
         return by_expert(x, route, self.norm, self.norm_moe_gen), kvs
 
 
-class Qwen2ForCausalLM(nn.Module):
-    """The decoder plus the (untied) ``lm_head`` that turns understanding states into next-token logits."""
+class LanguageModel(nn.Module):
+    """The MoT decoder (``model``) plus the untied ``lm_head`` that turns understanding states into next-token
+    logits. Only a holder of the two, named as in the checkpoint (``language_model.model.*``,
+    ``language_model.lm_head.*``): unlike transformers' ``Qwen2ForCausalLM`` it has no ``forward``;
+    ``Bagel.decode`` and ``Bagel.logits`` run its parts."""
 
     def __init__(self, cfg: LLMConfig):
         super().__init__()
-        self.model = Qwen2Model(cfg)
+        self.model = MoTDecoder(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)

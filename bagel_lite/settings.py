@@ -54,6 +54,25 @@ def check_interval(value) -> tuple[float, float]:
     return lo, hi
 
 
+SETTING_CHECKS = {  # every sampler setting's rule, by its name; each returns the value in plain form
+    "cfg_text_scale": lambda v: check_float("cfg_text_scale", v, *SCALE_RANGE, " (<= 1: no guidance)"),
+    "cfg_img_scale": lambda v: check_float("cfg_img_scale", v, *SCALE_RANGE, " (<= 1: no guidance)"),
+    "cfg_scale": lambda v: check_float("cfg_scale", v, *SCALE_RANGE, " (<= 1: no guidance)"),  # SEED-X's one scale
+    "cfg_interval": check_interval,
+    "timestep_shift": lambda v: check_float("timestep_shift", v, *SHIFT_RANGE, " (1 = no shift)"),
+    "num_timesteps": lambda v: check_int("num_timesteps", v, 2, MAX_TIMESTEPS),
+    "cfg_renorm_type": lambda v: check_choice("cfg_renorm_type", v, RENORM_TYPES),
+    "cfg_renorm_min": lambda v: check_float("cfg_renorm_min", v, 0.0, 1.0, " (1 switches renorm off)"),
+}
+
+
+def check_settings(settings) -> None:
+    """Check every field of a frozen settings dataclass by ``SETTING_CHECKS`` and store it in plain form
+    (floats, a tuple, an int). Called by ``__post_init__``: a settings object that exists is valid."""
+    for f in fields(settings):
+        object.__setattr__(settings, f.name, SETTING_CHECKS[f.name](getattr(settings, f.name)))
+
+
 @dataclass(frozen=True)
 class ImageSettings:
     """Sampler settings (official names). ``num_timesteps`` counts grid points: one fewer Euler steps."""
@@ -67,17 +86,7 @@ class ImageSettings:
     cfg_renorm_min: float = 0.0
 
     def __post_init__(self):
-        checked = dict(
-            cfg_text_scale=check_float("cfg_text_scale", self.cfg_text_scale, *SCALE_RANGE, " (<= 1: no guidance)"),
-            cfg_img_scale=check_float("cfg_img_scale", self.cfg_img_scale, *SCALE_RANGE, " (<= 1: no guidance)"),
-            cfg_interval=check_interval(self.cfg_interval),
-            timestep_shift=check_float("timestep_shift", self.timestep_shift, *SHIFT_RANGE, " (1 = no shift)"),
-            num_timesteps=check_int("num_timesteps", self.num_timesteps, 2, MAX_TIMESTEPS),
-            cfg_renorm_type=check_choice("cfg_renorm_type", self.cfg_renorm_type, RENORM_TYPES),
-            cfg_renorm_min=check_float("cfg_renorm_min", self.cfg_renorm_min, 0.0, 1.0, " (1 switches renorm off)"),
-        )
-        for name, value in checked.items():  # stored in plain form: floats, a tuple, an int
-            object.__setattr__(self, name, value)
+        check_settings(self)
 
 
 T2I_SETTINGS = ImageSettings()

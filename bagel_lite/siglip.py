@@ -93,7 +93,9 @@ class SiglipEncoder(nn.Module):
         self.layers = nn.ModuleList(SiglipEncoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
 
 
-class SiglipVisionTransformer(nn.Module):
+class SiglipNaViTTransformer(nn.Module):
+    """Patch embedding, the encoder layers (attention within each image only) and the final LayerNorm."""
+
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         self.embeddings = SiglipVisionEmbeddings(cfg)
@@ -111,12 +113,13 @@ class SiglipVisionTransformer(nn.Module):
         return self.post_layernorm(h)  # (N, hidden)
 
 
-class SiglipVisionModel(nn.Module):
-    """Wrapper that gives the ``vision_model.`` key prefix of the checkpoint."""
+class SiglipNaViT(nn.Module):
+    """SigLIP over NaViT-packed patches of images of any size (not transformers' ``SiglipVisionModel``, which
+    takes fixed-size pixel batches). This wrapper gives the checkpoint's ``vision_model.`` key prefix."""
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
-        self.vision_model = SiglipVisionTransformer(cfg)
+        self.vision_model = SiglipNaViTTransformer(cfg)
 
     def forward(self, patches, position_ids, seq_lens):
         return self.vision_model(patches, position_ids, seq_lens)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 BOS, EOS, VISION_START, VISION_END = "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"
 
 # Think-mode system prompts, verbatim model inputs (note the single space before each "\n").
@@ -59,3 +61,16 @@ def wrap_text(tokenizer, special: SpecialTokens, text: str) -> list[int]:
 def cut_generated(decoded: str) -> str:
     """Keep the text between the leading ``<|im_start|>`` and the first ``<|im_end|>``, as the official code."""
     return decoded.split(EOS)[0].split(BOS)[1]
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Id sequences of different lengths as one (B, T) batch padded with ``pad_id`` on the right (or the
+    ``left``), and its validity (B, T): True at real tokens."""
+    longest = max(len(q) for q in seqs)
+    ids = torch.full((len(seqs), longest), pad_id, dtype=torch.long)
+    valid = torch.zeros(len(seqs), longest, dtype=torch.bool)
+    for i, q in enumerate(seqs):
+        where = slice(longest - len(q), None) if left else slice(None, len(q))
+        ids[i, where] = torch.tensor(q)
+        valid[i, where] = True
+    return ids, valid

@@ -11,8 +11,9 @@ A training sample is a list of *items*:
 ``PackedSequence`` concatenates many samples, keeping BAGEL's position rules (text counts up; an image
 block shares one position; a noisy image does not advance the counter) and its condition dropout (a dropped
 text vanishes without advancing the position; a dropped image still advances it). ``packed_loss`` runs the
-model once over the packed sequence with the mask of ``attention.dense_mask`` and returns the mean
-cross-entropy over text targets and the mean squared error of the predicted velocity ``noise - x_0``.
+model once over the packed sequence, masked sample by sample (``masks.PackedMask``, equal to ``masks.dense_mask``),
+and returns the mean cross-entropy over text targets and the mean squared error of the predicted velocity
+``noise - x_0``.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .attention import PackedMask
 from .bagel import Bagel
 from .flow import add_noise, logit_normal_timesteps
-from .patchify import patchify, position_ids
+from .masks import PackedMask
+from .patchify import image_position_ids, patchify
 from .tokenizer import SpecialTokens
 
 
@@ -103,9 +104,8 @@ class PackedSequence:
                 rope += 1  # a dropped image still takes its position
                 continue
             if isinstance(item, VitImage):
-                h, w = item.pixels.shape[1:]
                 patches = patchify(item.pixels, mcfg.vit.patch_size)  # (n, p*p*3)
-                ids = position_ids(h, w, mcfg.vit.patch_size, mcfg.vit_max_num_patch_per_side, mcfg.interpolate_pos)
+                ids = image_position_ids(mcfg, item.pixels.shape[1:], "vit")
                 index = self._split(len(ids) + 2, "full", rope)
                 self.vit_patches.append(patches)
                 self.vit_pos.append(ids)
@@ -115,8 +115,7 @@ class PackedSequence:
                 c, lh, lw = item.latent.shape
                 p = mcfg.latent_patch_size
                 tokens = patchify(item.latent, p)  # (n, p*p*C)
-                ids = position_ids(lh * mcfg.vae.downsample, lw * mcfg.vae.downsample, mcfg.latent_downsample,
-                                   mcfg.max_latent_size)
+                ids = image_position_ids(mcfg, (lh * mcfg.vae.downsample, lw * mcfg.vae.downsample), "vae")
                 index = self._split(len(ids) + 2, "noise" if item.noisy else "full", rope)
                 self.latents.append(tokens)
                 self.latent_pos.append(ids)
@@ -164,7 +163,7 @@ def packed_loss(model: Bagel, seq: PackedSequence, timestep_shift: float = 1.0,
         token_noisy = torch.repeat_interleave(noisy, torch.tensor(counts, device=device))  # (M,)
         mse_tokens = int(token_noisy.sum())
 
-    # the causal / full / noise mask of every sample, applied sample by sample (see attention.PackedMask)
+    # the causal / full / noise mask of every sample, applied sample by sample (see masks.PackedMask)
     allowed = PackedMask(seq.sample_lens, seq.split_lens, seq.attn_modes, device)
     positions = idx(seq.position_ids)
     hidden, _ = model.decode(x[None], gen_mask[None], positions[None], allowed)

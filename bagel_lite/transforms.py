@@ -108,14 +108,6 @@ class ImageTransform:
         return self.to_tensor(self.resize(pil_img2rgb(image), img_num))
 
 
-def vae_transform() -> ImageTransform:
-    return ImageTransform(1024, 512, 16)
-
-
-def vit_transform() -> ImageTransform:
-    return ImageTransform(980, 224, 14)
-
-
 def tensor_to_pil(image: torch.Tensor) -> Image.Image:
     """(3, H, W) in about [-1, 1] -> PIL RGB, clamped and *truncated* to uint8 as the official code does."""
     x = ((image.detach().float().cpu() * 0.5 + 0.5).clamp(0, 1) * 255).permute(1, 2, 0)  # (H, W, 3)

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from bagel_lite import attention, micro
-from bagel_lite.attention import KeyMask, attend, causal_allowed, varlen_attend
+from bagel_lite.attention import attend, varlen_attend
+from bagel_lite.masks import KeyMask, causal_allowed
 
 
 def reference_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False):

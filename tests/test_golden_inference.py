@@ -14,9 +14,9 @@ from helpers import GOLDEN, golden_cases, tolerance
 from PIL import Image
 from safetensors.torch import load_file
 
-from bagel_lite.inference import ImageSettings
 from bagel_lite.patchify import unpatchify
 from bagel_lite.pipeline import Pipeline
+from bagel_lite.settings import ImageSettings
 from bagel_lite.transforms import ImageTransform
 
 CORE_CASES = ("patchify", "attention_mask", "vit_tower", "autoencoder")

@@ -7,8 +7,11 @@ import torch
 from helpers import GOLDEN
 from PIL import Image
 
-from bagel_lite.inference import Context, GenerationStopped, ImageSettings, causal_allowed
+from bagel_lite.contexts import Context
+from bagel_lite.masks import causal_allowed
 from bagel_lite.pipeline import Pipeline
+from bagel_lite.progress import GenerationStopped
+from bagel_lite.settings import ImageSettings
 from bagel_lite.transforms import ImageTransform
 
 FAST = dict(num_timesteps=4, progress=False)
@@ -63,9 +66,9 @@ def test_cache_matches_one_long_pass(pipe):
         ctx = pipe.add_text(Context(), "a red")
         ids_b = torch.tensor(pipe.tokenizer.encode(" circle"))
         rows_b = pipe.model.embed_text(ids_b)
-        hidden_cached, _ = pipe._forward(ctx, rows_b, ctx.rope + torch.arange(len(ids_b)), None, causal=True)
+        hidden_cached, _ = pipe.forward_rows(ctx, rows_b, ctx.rope + torch.arange(len(ids_b)), None, causal=True)
         all_ids = torch.tensor([pipe.special.bos, *pipe.tokenizer.encode("a red"), pipe.special.eos, *ids_b.tolist()])
-        hidden_full, _ = pipe._forward(Context(), pipe.model.embed_text(all_ids), torch.arange(len(all_ids)), None,
+        hidden_full, _ = pipe.forward_rows(Context(), pipe.model.embed_text(all_ids), torch.arange(len(all_ids)), None,
                                        causal=True)
     torch.testing.assert_close(hidden_cached, hidden_full[-len(ids_b):], atol=1e-5, rtol=1e-5)
 

@@ -141,7 +141,7 @@ def test_held_out_scenes_never_occur_in_training_batches(monkeypatch):
 
     monkeypatch.setattr(train_module, "image_batch", recording_batch)
     ae = AutoEncoder(micro_config(8, TINY).vae)
-    train_module.train_autoencoder(ae, tiny_settings(ae_steps=4, ae_batch=16), log=lambda *_: None)
+    train_module.train_autoencoder(ae, tiny_settings(ae_steps=4, ae_batch=16))
     assert len(seen) == 64
     used = []
     real_render = data_module.render

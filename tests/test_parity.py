@@ -11,7 +11,7 @@ ours                            reference                                       
 ``Bagel.decode`` + ``logits``   ``transformers.Qwen3ForCausalLM``,              logits 0 (bit-exact) / atol 1e-5;
 (understanding expert only),    ``attention_bias=True``; ``generate``           greedy ids identical
 ``Engine.generate_text``
-``SiglipVisionModel`` (NaViT)   ``transformers.SiglipVisionModel``             1e-6 / atol 1e-5
+``SiglipNaViT`` (NaViT)        ``transformers.SiglipVisionModel``             1e-6 / atol 1e-5
 ``AutoEncoder`` (FLUX)          ``diffusers.AutoencoderKL`` (FLUX config)      mean 8e-7 / atol 1e-5;
                                                                                 image 6e-6 / atol 1e-4
 ``flow`` schedule + Euler step  ``diffusers.FlowMatchEulerDiscreteScheduler``  exact / exact
@@ -40,7 +40,7 @@ from bagel_lite.bagel import Bagel
 from bagel_lite.config import AEConfig, LLMConfig, ViTConfig, tiny
 from bagel_lite.flow import euler_step, timestep_schedule
 from bagel_lite.patchify import patchify, position_ids
-from bagel_lite.siglip import SiglipVisionModel
+from bagel_lite.siglip import SiglipNaViT
 from bagel_lite.tokenizer import BOS, EOS, VISION_END, VISION_START, load_tokenizer
 
 MICRO_CHECKPOINT = Path(__file__).resolve().parents[1] / "bagel_lite" / "micro" / "checkpoint"
@@ -129,7 +129,8 @@ def test_llm_logits_match_qwen3(llm_pair):
 
 def test_llm_greedy_text_matches_qwen3_generate(llm_pair):
     """Our KV-cached engine (one token per forward) writes the same greedy ids as transformers' generate."""
-    from bagel_lite.inference import Context, Engine
+    from bagel_lite.contexts import Context
+    from bagel_lite.inference import Engine
 
     ours, ref = llm_pair
     tokenizer, special = load_tokenizer(MICRO_CHECKPOINT)
@@ -170,8 +171,8 @@ def siglip_config(cfg: ViTConfig):
     )
 
 
-def siglip_state_dict(model: SiglipVisionModel) -> dict[str, torch.Tensor]:
-    """Our ``SiglipVisionModel.vision_model`` -> transformers' SigLIP vision transformer state dict.
+def siglip_state_dict(model: SiglipNaViT) -> dict[str, torch.Tensor]:
+    """Our ``SiglipNaViT.vision_model`` -> transformers' SigLIP vision transformer state dict.
 
     Same names everywhere (embeddings.position_embedding, encoder.layers.{i}.{layer_norm1,
     self_attn.{q,k,v,out}_proj, layer_norm2, mlp.fc1, mlp.fc2}, post_layernorm), except one reshape:
@@ -191,7 +192,7 @@ def test_vit_matches_siglip():
     pytest.importorskip("transformers.models.siglip", reason="transformers' SigLIP is the reference")
     from transformers import SiglipVisionModel as HFSiglipVisionModel
 
-    ours = SiglipVisionModel(VIT).eval()
+    ours = SiglipNaViT(VIT).eval()
     randomise_norms(ours)
     ref = HFSiglipVisionModel(siglip_config(VIT)).eval()
     # transformers 4.x wraps the vision transformer as ``.vision_model``; 5.x holds its parts directly.

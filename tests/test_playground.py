@@ -11,7 +11,7 @@ import pytest
 from bagel_lite import micro
 from bagel_lite.micro.world import Scene, render
 from bagel_lite.pipeline import Generated
-from bagel_lite.playground import LABELS, Playground
+from bagel_lite.ui import LABELS, Playground
 
 
 @pytest.fixture(scope="module")

@@ -81,7 +81,8 @@ def test_short_training_lowers_both_losses():
 
 
 def test_packed_attention_equals_the_dense_mask():
-    from bagel_lite.attention import PackedMask, attend, dense_mask
+    from bagel_lite.attention import attend
+    from bagel_lite.masks import PackedMask, dense_mask
 
     sample_lens, split_lens = [7, 9], [3, 4, 2, 5, 2]
     modes = ["causal", "noise", "full", "causal", "full"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from bagel_lite import micro
-from bagel_lite.widgets import SamplerExplorer
+from bagel_lite.ui import SamplerExplorer
 
 
 def test_explorer_runs_and_reacts_to_its_knobs():

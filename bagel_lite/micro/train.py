@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -32,6 +31,8 @@ from tqdm.auto import tqdm
 from ..autoencoder import AutoEncoder
 from ..bagel import Bagel
 from ..checkpoint import save_bagel
+from ..ema import ema_copy, ema_decay, ema_update
+from ..optimization import cosine_lr, optimizer_step, set_lr
 from ..training import PackedSequence, packed_loss
 from .data import QUESTION_WEIGHTS, SMALL, TASKS, MicroSize, SampleMaker, build_tokenizer, image_batch, micro_config
 from .evaluate import autoencoder_quality
@@ -92,14 +93,9 @@ class Resumable:
         self.last = time.time()
 
 
-def cosine_lr(step: int, total: int, peak: float, warmup: int, floor: float) -> float:
-    """Linear warm-up to ``peak``, then a cosine down to ``floor * peak``."""
-    return peak * min(1.0, (step + 1) / warmup) * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / total)))
-
-
 # --- 1. the autoencoder -----------------------------------------------------------------------------------
 
-def train_autoencoder(ae: AutoEncoder, s: TrainSettings, log=print, state: dict | None = None,
+def train_autoencoder(ae: AutoEncoder, s: TrainSettings, state: dict | None = None,
                       saver: Resumable | None = None, clock=None) -> dict:
     """Reconstruction (L1 + L2, object pixels weighted 5x so the small shapes are not drowned by the white
     background) plus a light KL term, on training scenes only. The log-variance head starts at -8 (posterior
@@ -121,8 +117,7 @@ def train_autoencoder(ae: AutoEncoder, s: TrainSettings, log=print, state: dict 
     for step in bar:
         scenes = [training_scene(rng) if rng.random() > 0.05 else EMPTY for _ in range(s.ae_batch)]
         x = image_batch(scenes)  # (B, 3, 64, 64)
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, s.ae_steps, s.ae_lr, 50, 0.05)
+        set_lr(opt, cosine_lr(step, s.ae_steps, s.ae_lr, 50, 0.05))
         with _autocast():
             mean, logvar = ae.encoder(x).float().chunk(2, dim=1)
             z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)
@@ -130,9 +125,7 @@ def train_autoencoder(ae: AutoEncoder, s: TrainSettings, log=print, state: dict 
         weight = 1 + 4 * ((x < 0.99).any(dim=1, keepdim=True)).float()  # (B, 1, H, W): object pixels 5x
         rec = (weight * ((y - x).abs() + (y - x) ** 2)).mean()
         kl = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).mean()
-        opt.zero_grad(set_to_none=True)
-        (rec + 1e-4 * kl).backward()
-        opt.step()
+        optimizer_step(opt, rec + 1e-4 * kl)
         if step % 10 == 0:
             curve.append([step, round(rec.item(), 5)])
             bar.set_postfix(rec=f"{rec.item():.4f}")
@@ -180,13 +173,9 @@ def reconstruction_error(ae: AutoEncoder, n: int = 64, seed: int = 123) -> float
 # --- 2. BAGEL ---------------------------------------------------------------------------------------------
 
 def _bagel_step(model, opt, params, seq, lr, s, gen) -> dict:
-    for group in opt.param_groups:
-        group["lr"] = lr
+    set_lr(opt, lr)
     losses = packed_loss(model, seq, s.timestep_shift, gen)  # float32: at these widths bf16 is no faster here
-    opt.zero_grad(set_to_none=True)
-    (losses["ce"] + losses["mse"]).backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
+    optimizer_step(opt, losses["ce"] + losses["mse"], clip=params)
     return losses
 
 
@@ -203,9 +192,7 @@ def train_bagel(model: Bagel, tokenizer, special, table, ae_cfg, s: TrainSetting
         return ae_cfg.scale_factor * (z - ae_cfg.shift_factor)
 
     maker = SampleMaker(tokenizer, latent_of, question_weights=s.question_weights, edit_weights=s.edit_weights)
-    ema = copy.deepcopy(model).eval()
-    for p in ema.parameters():
-        p.requires_grad_(False)
+    ema = ema_copy(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
     first, history = 0, {"ce": [], "mse": [], "evals": []}
@@ -227,10 +214,7 @@ def train_bagel(model: Bagel, tokenizer, special, table, ae_cfg, s: TrainSetting
         for task in rng.choices(TASKS, weights=weights, k=s.samples_per_step):
             seq.add_sample(maker.sample(task, rng), model, rng)
         losses = _bagel_step(model, opt, params, seq, cosine_lr(step, total, s.lr, s.warmup, 0.1), s, gen)
-        with torch.no_grad():
-            decay = min(s.ema, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
+        ema_update(ema, model, ema_decay(step, s.ema))
         history["ce"].append(round(losses["ce"].item(), 4))
         history["mse"].append(round(losses["mse"].item(), 4))
         if step % 10 == 0:
@@ -297,7 +281,7 @@ def train(out: Path, s: TrainSettings, log=print, state_path: Path | None = None
         f"{sum(p.numel() for p in ae.parameters()):,}" + (f"; resuming at {state['phase']} step {state['step']}"
                                                           if state else ""))
     if state is None or state["phase"] == "ae":
-        ae_stats = train_autoencoder(ae, s, log, state, saver, clock)
+        ae_stats = train_autoencoder(ae, s, state, saver, clock)
         ae_stats.update(autoencoder_quality(ae))
         log(f"autoencoder after {clock():.0f} s: PSNR {ae_stats['ae_psnr']} dB, every attribute read back right "
             f"on {ae_stats['ae_attribute_acc']:.1%} of held-out reconstructions")

@@ -14,8 +14,8 @@ Here the same plan, small:
 * ``CaptionConditioner`` — for *pre-training* the denoiser from captions: micro-BAGEL's frozen language model
   reads the caption, a linear layer maps its hidden states to the context width (SDXL's CLIP encoders).
 * ``DeTokenizer`` — a ``Resampler`` over the N ViT embeddings feeding the same denoiser.
-* ``sample`` — Euler steps from noise with classifier-free guidance against a *negative* condition (SEED-X:
-  the embeddings of an all-zero image).
+* ``sample`` — ``flow.sample``'s Euler steps from noise, with classifier-free guidance against a *negative*
+  condition (SEED-X: the embeddings of an all-zero image).
 """
 
 from __future__ import annotations
@@ -25,14 +25,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from .. import flow
 from ..bagel import Bagel
-from ..flow import add_noise, euler_step, logit_normal_timesteps, timestep_schedule
+from ..flow import add_noise, cfg_mix, guidance_on, logit_normal_timesteps
 from ..patchify import patchify, unpatchify
 from ..positions import PositionEmbedding
+from ..settings import check_settings
 from ..timestep import TimestepEmbedder
-from ..tokenizer import SpecialTokens
+from ..tokenizer import SpecialTokens, pad_batch
 from .llm import residual_stream
 from .resampler import CrossAttention, Resampler, feed_forward
 
@@ -115,15 +116,10 @@ def caption_states(model: Bagel, tokenizer, special: SpecialTokens, captions: li
     expert squeezes "left" and "right" to nearly the same vector, the inner layers keep them apart.
     Returns states (B, T, D), right-padded, and their validity (B, T).
     """
-    seqs = [[special.bos, *tokenizer.encode(c), special.eos] for c in captions]
-    longest = max(len(q) for q in seqs)
-    ids = torch.full((len(seqs), longest), special.eos, dtype=torch.long)
-    valid = torch.zeros(len(seqs), longest, dtype=torch.bool)
-    for i, q in enumerate(seqs):
-        ids[i, :len(q)] = torch.tensor(q)
-        valid[i, :len(q)] = True
-    positions = torch.arange(longest).expand(len(seqs), longest)
-    causal = torch.ones(longest, longest, dtype=torch.bool).tril().expand(len(seqs), 1, longest, longest)
+    ids, valid = pad_batch([[special.bos, *tokenizer.encode(c), special.eos] for c in captions], special.eos)
+    longest = ids.shape[1]
+    positions = torch.arange(longest).expand(len(captions), longest)
+    causal = torch.ones(longest, longest, dtype=torch.bool).tril().expand(len(captions), 1, longest, longest)
     x = residual_stream(model, model.embed_text(ids), positions, causal, layers)  # (B, T, D)
     return x, valid
 
@@ -180,47 +176,41 @@ def flow_matching_loss(velocity: Callable, x0: torch.Tensor, generator: torch.Ge
 
 @dataclass(frozen=True)
 class SamplerSettings:
+    """The de-tokenizer's sampler knobs, checked by the same rules as BAGEL's (``settings.SETTING_CHECKS``)."""
+
     num_timesteps: int = 25  # grid points from 1 to 0: num_timesteps - 1 Euler steps
     timestep_shift: float = 1.0
-    cfg_scale: float = 3.0  # 1 = no guidance
+    cfg_scale: float = 3.0  # <= 1: no guidance
 
     def __post_init__(self):
-        if not isinstance(self.num_timesteps, int) or self.num_timesteps < 2:
-            raise ValueError(f"num_timesteps must be an integer >= 2 (one Euler step), got {self.num_timesteps!r}")
-        if self.timestep_shift <= 0:
-            raise ValueError(f"timestep_shift must be > 0, got {self.timestep_shift}")
-        if self.cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be >= 0 (1 = no guidance), got {self.cfg_scale}")
+        check_settings(self)
 
 
 def _rows(cond) -> tuple[torch.Tensor, ...]:
     return cond if isinstance(cond, tuple) else (cond,)
 
 
-@torch.no_grad()
 def sample(velocity: Callable, cond, negative, shape: tuple[int, ...], settings: SamplerSettings = SamplerSettings(),
            generator: torch.Generator | None = None, init_noise: torch.Tensor | None = None,
            progress: bool = False) -> torch.Tensor:
-    """Draw latent tokens of ``shape`` (B, 16, 64) by Euler steps of ``velocity(x_t, t, *condition)``.
+    """Draw latent tokens of ``shape`` (B, 16, 64) by ``flow.sample`` along ``velocity(x_t, t, *condition)``.
 
     ``cond``: a tensor with B rows, or a tuple of such tensors (e.g. caption states and their mask);
-    ``negative``: the same with one row, broadcast. With guidance the two branches run as one batched
-    forward per step: ``v = v_neg + cfg_scale * (v_cond - v_neg)``.
+    ``negative``: the same with one row, broadcast. With guidance (``cfg_scale > 1``) the two branches run as
+    one batched forward per step: ``v = v_neg + cfg_scale * (v_cond - v_neg)``.
     """
     b = shape[0]
     x = torch.randn(shape, generator=generator) if init_noise is None else init_noise.clone()
     if x.shape != torch.Size(shape):
         raise ValueError(f"init_noise has shape {tuple(x.shape)}, expected {tuple(shape)}")
     cond = _rows(cond)
-    guided = settings.cfg_scale != 1.0
-    if guided:
+    if guidance_on(settings.cfg_scale):
         both = tuple(torch.cat([c, n.expand(b, *n.shape[1:])]) for c, n in zip(cond, _rows(negative)))  # (2B, ..)
-    ts = timestep_schedule(settings.num_timesteps, settings.timestep_shift).tolist()
-    for t, t_next in tqdm(list(zip(ts[:-1], ts[1:])), desc="denoising", disable=not progress, leave=False):
-        if guided:
-            v_c, v_n = velocity(torch.cat([x, x]), torch.full((2 * b,), t), *both).chunk(2)
-            v = v_n + settings.cfg_scale * (v_c - v_n)
-        else:
-            v = velocity(x, torch.full((b,), t), *cond)
-        x = euler_step(x, v, t, t_next)
-    return x
+
+        def velocity_fn(x_t: torch.Tensor, t: float) -> torch.Tensor:
+            v_c, v_n = velocity(torch.cat([x_t, x_t]), torch.full((2 * b,), t), *both).chunk(2)
+            return cfg_mix(v_n, v_c, settings.cfg_scale)
+    else:
+        def velocity_fn(x_t: torch.Tensor, t: float) -> torch.Tensor:
+            return velocity(x_t, torch.full((b,), t), *cond)
+    return flow.sample(velocity_fn, x, settings.num_timesteps, settings.timestep_shift, progress=progress)

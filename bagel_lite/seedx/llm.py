@@ -29,7 +29,7 @@ from torch import nn
 
 from ..bagel import Bagel
 from ..positions import rope_cos_sin
-from ..tokenizer import SpecialTokens
+from ..tokenizer import SpecialTokens, pad_batch
 from .resampler import Resampler
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -94,13 +94,8 @@ class QueryRegressor(nn.Module):
     def _batch(self, captions: list[str]):
         """Left-padded ids (B, T), key validity (B, T), positions (B, T); T = longest caption + 3."""
         s = self.special
-        seqs = [[s.bos, *self.tokenizer.encode(c), s.eos, s.start_of_image] for c in captions]
-        longest = max(len(q) for q in seqs)
-        ids = torch.full((len(seqs), longest), s.eos, dtype=torch.long)
-        valid = torch.zeros(len(seqs), longest, dtype=torch.bool)
-        for i, q in enumerate(seqs):
-            ids[i, longest - len(q):] = torch.tensor(q)
-            valid[i, longest - len(q):] = True
+        ids, valid = pad_batch([[s.bos, *self.tokenizer.encode(c), s.eos, s.start_of_image] for c in captions],
+                               s.eos, left=True)
         positions = (valid.cumsum(1) - 1).clamp(min=0)  # real tokens count 0, 1, ..; padding sits at 0
         return ids, valid, positions
 

@@ -41,7 +41,7 @@ from .detokenizer import (
     to_latents,
 )
 from .llm import QueryRegressor
-from .visual_tokenizer import N_CHOICES, check_n, gray_image, pool, vit_grid
+from .visual_tokenizer import N_CHOICES, check_n, gray_image, pool, standardize, vit_grid
 
 CHECKPOINT = Path(__file__).resolve().parent / "checkpoint"
 HEADS = {"cross": 1, "deep": 4}  # output head -> depth: one-layer cross-attention, multi-layer resampler
@@ -115,7 +115,7 @@ class SeedX:
 
     def standardize(self, pooled: torch.Tensor, n: int) -> torch.Tensor:
         """Pooled ViT embeddings (B, n, D) in units of their spread over the training scenes."""
-        return (pooled - self.stats[f"n{n}.mean"].float()) / self.stats[f"n{n}.std"].float()
+        return standardize(pooled, self.stats, n)
 
     @torch.no_grad()
     def embeddings(self, images, n: int) -> torch.Tensor:

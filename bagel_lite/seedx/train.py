@@ -20,7 +20,6 @@ N = 16 plays the part of SEED-X's 64: both are the stitched grid pooled 4x (SEED
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 from ..micro.data import image_batch
 from ..micro.evaluate import attribute_accuracy, held_out_prompts
 from ..micro.world import Scene, caption
+from ..optimization import cosine_lr, optimizer_step, set_lr
 from .detokenizer import (
     CaptionConditioner,
     Denoiser,
@@ -45,7 +45,7 @@ from .detokenizer import (
 from .evaluate import CaptionFloor, held_out_scenes, reconstruction_scores, regression_scores, split, t2i_scores
 from .llm import QueryRegressor
 from .road import HEADS, SeedX, base_holder, detokenizer_file, regressor_file, save_tensors
-from .visual_tokenizer import N_CHOICES, gray_image, pool, vit_grid
+from .visual_tokenizer import N_CHOICES, gray_image, pool, standardize, vit_grid
 
 
 @dataclass
@@ -127,21 +127,14 @@ class CaptionTable:
 
 # --- training loops ---------------------------------------------------------------------------------------
 
-def _lr(step: int, steps: int, peak: float, warmup: int) -> float:
-    return peak * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
-
-
 def _optimize(params, steps: int, lr: float, warmup: int, loss_fn, desc: str, log) -> None:
+    """``steps`` AdamW steps on ``loss_fn() -> (loss, what to show)``: cosine schedule, gradients clipped to 1."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     bar = tqdm(range(steps), desc=desc, leave=False)
     for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, steps, lr, warmup)
-        loss, shown = loss_fn(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        set_lr(opt, cosine_lr(step, steps, lr, warmup, 0.1))
+        loss, shown = loss_fn()
+        optimizer_step(opt, loss, clip=params)
         if step % 10 == 0:
             bar.set_postfix(shown)
     log(f"  {desc}: " + "  ".join(f"{k} {v}" for k, v in shown.items()))
@@ -154,7 +147,7 @@ def train_base(pipe, tables: Tables, captions: CaptionTable, s: AblationSettings
     params = [p for p in base_holder(denoiser, conditioner).parameters() if p.requires_grad]
     rng, gen = random.Random(s.seed + 1), torch.Generator().manual_seed(s.seed + 1)
 
-    def loss_fn(step):
+    def loss_fn():
         rows = [rng.choice(tables.train) for _ in range(s.batch)]
         texts = [caption(tables.scenes[i], rng) if rng.random() >= s.cond_dropout else "" for i in rows]
         states, valid = captions(texts)
@@ -175,7 +168,7 @@ def adapt_detokenizer(base: Denoiser, tables: Tables, stats, n: int, mode: str, 
     negative = standardize(pool(tables.gray, n), stats, n)  # (1, n, D)
     rng, gen = random.Random(s.seed + 2), torch.Generator().manual_seed(s.seed + 2)
 
-    def loss_fn(step):
+    def loss_fn():
         rows = [rng.choice(tables.train) for _ in range(s.batch)]
         e = embeddings[rows].clone()
         e[torch.rand(len(rows), generator=gen) < s.cond_dropout] = negative[0]
@@ -195,7 +188,7 @@ def train_regressor(pipe, tables: Tables, stats, n: int, head: str, s: AblationS
     targets = standardize(pool(tables.grid, n), stats, n)  # (S, n, D)
     rng = random.Random(s.seed + 3)
 
-    def loss_fn(step):
+    def loss_fn():
         rows = [rng.choice(tables.train) for _ in range(s.llm_batch)]
         pred, ce = reg([caption(tables.scenes[i], rng) for i in rows])
         mse = ((pred - targets[rows]) ** 2).mean()
@@ -204,10 +197,6 @@ def train_regressor(pipe, tables: Tables, stats, n: int, head: str, s: AblationS
     reg.train()
     _optimize(params, s.llm_steps, s.llm_lr, s.warmup, loss_fn, f"regressor N={n} ({head} head)", log)
     return reg.eval()
-
-
-def standardize(pooled: torch.Tensor, stats, n: int) -> torch.Tensor:
-    return (pooled - stats[f"n{n}.mean"]) / stats[f"n{n}.std"]
 
 
 # --- the command ------------------------------------------------------------------------------------------

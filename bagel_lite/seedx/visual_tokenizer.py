@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..bagel import Bagel
-from ..patchify import patchify, position_ids
+from ..patchify import image_position_ids, patchify
 
 GRID = 8  # the stitched grid is GRID x GRID embeddings
 N_CHOICES = (1, 4, 16, 64)  # how many pooled embeddings the ablation compares
@@ -52,7 +52,7 @@ def vit_grid(model: Bagel, pixels: torch.Tensor, batch: int = 512) -> torch.Tens
         raise ValueError(f"the visual tokenizer expects {side * p}x{side * p} images, got {h}x{w}")
     half = p // 2
     padded = F.pad(pixels, (0, half, 0, half), value=1.0)  # (B, 3, h + 8, w + 8): white beyond the border
-    ids = position_ids(h, w, p, model.config.vit_max_num_patch_per_side)  # (16,)
+    ids = image_position_ids(model.config, (h, w), "vit")  # (16,): as BAGEL reads an image
     grid = pixels.new_empty(b, GRID, GRID, vit.hidden_size)
     for a in (0, 1):
         for c in (0, 1):
@@ -76,3 +76,9 @@ def pool(grid: torch.Tensor, n: int) -> torch.Tensor:
 def gray_image(batch: int = 1) -> torch.Tensor:
     """The all-zero pixel tensor (mid-gray): SEED-X's *negative* image for classifier-free guidance."""
     return torch.zeros(batch, 3, GRID * 8, GRID * 8)
+
+
+def standardize(pooled: torch.Tensor, stats: dict[str, torch.Tensor], n: int) -> torch.Tensor:
+    """Pooled embeddings (.., n, D) in units of the training scenes' spread: ``(x - mean) / std`` per slot and
+    channel, with ``stats`` holding ``n{N}.mean`` and ``n{N}.std`` (upcast to float32 if stored smaller)."""
+    return (pooled - stats[f"n{n}.mean"].float()) / stats[f"n{n}.std"].float()

@@ -1,6 +1,6 @@
 """The playground: BAGEL's knobs as widgets, for classroom demos.
 
-    from bagel_lite.playground import Playground
+    from bagel_lite.ui import Playground
     Playground.micro()                       # micro-BAGEL on the CPU (default)
     Playground.from_folder("BAGEL-7B-MoT")   # the full model on GPUs (bf16, split across all visible GPUs)
 
@@ -16,16 +16,16 @@ Generation runs in a worker thread so that the kernel can still hear the Stop bu
 from __future__ import annotations
 
 import html
-import io
 import threading
 
 import torch
 from PIL import Image
 
-from .inference import GenerationStopped
-from .pipeline import Generated, Pipeline
-from .settings import EDIT_SETTINGS, T2I_SETTINGS, ImageSettings
-from .transforms import pil_img2rgb, read_image
+from ..pipeline import Generated, Pipeline
+from ..progress import GenerationStopped
+from ..settings import EDIT_SETTINGS, T2I_SETTINGS
+from ..transforms import pil_img2rgb, read_image
+from .controls import RATIOS, SamplerControls, image_shape_for, to_png
 
 LABELS = {
     "en": {"t2i": "Text to image", "edit": "Edit", "und": "Understand", "chat": "Chat", "prompt": "Prompt",
@@ -33,60 +33,16 @@ LABELS = {
            "answer": "Answer", "send": "Send", "reply_image": "reply with an image", "use_last": "use last image",
            "think": "think first", "seed": "seed", "size": "size", "upload": "image", "reset": "new chat",
            "sample": "sample text", "temperature": "temperature", "max_think": "max think tokens",
-           "stopped": "stopped at {unit} {step}", "busy": "drawing ...", "step": "step", "token": "token"},
+           "max_tokens": "max tokens", "und_note": "uses the image of the Edit tab", "message": "type a message",
+           "stopped": "stopped at {unit} {step}", "step": "step", "token": "token"},
     "zh": {"t2i": "文生图", "edit": "图像编辑", "und": "图像理解", "chat": "对话", "prompt": "提示词",
            "instruction": "编辑指令", "question": "问题", "generate": "生成", "stop": "停止", "answer": "回答",
            "send": "发送", "reply_image": "以图像回复", "use_last": "使用上一张图", "think": "先思考",
            "seed": "随机种子", "size": "尺寸", "upload": "图像", "reset": "新对话", "sample": "采样文本",
-           "temperature": "温度", "max_think": "最大思考长度", "stopped": "已在第 {step} {unit}停止",
-           "busy": "生成中 ...", "step": "步", "token": "个词元"},
+           "temperature": "温度", "max_think": "最大思考长度", "max_tokens": "最大长度",
+           "und_note": "使用“图像编辑”页的图像", "message": "输入消息", "stopped": "已在第 {step} {unit}停止",
+           "step": "步", "token": "个词元"},
 }
-RATIOS = {"1:1": (1, 1), "4:3": (3, 4), "3:4": (4, 3), "16:9": (9, 16), "9:16": (16, 9)}  # (height, width) parts
-
-
-def to_png(image: Image.Image, scale: int = 1) -> bytes:
-    if scale > 1:
-        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def image_shape_for(ratio: str, side: int, step: int) -> tuple[int, int]:
-    """(height, width) of the ratio's image whose long side is ``side``, both multiples of ``step``."""
-    h, w = RATIOS[ratio]
-    long = max(h, w)
-    return max(step, round(side * h / long / step) * step), max(step, round(side * w / long / step) * step)
-
-
-class SamplerControls:
-    """The sampler sliders of one tab, with that tab's defaults."""
-
-    def __init__(self, defaults: ImageSettings, style, layout):
-        import ipywidgets as w
-
-        self.cfg_text = w.FloatSlider(value=defaults.cfg_text_scale, min=0, max=8, step=0.5,
-                                      description="cfg_text_scale", style=style, layout=layout)
-        self.cfg_img = w.FloatSlider(value=defaults.cfg_img_scale, min=0, max=4, step=0.25,
-                                     description="cfg_img_scale", style=style, layout=layout)
-        self.interval = w.FloatRangeSlider(value=defaults.cfg_interval, min=0, max=1, step=0.05,
-                                           description="cfg_interval", style=style, layout=layout)
-        self.shift = w.FloatSlider(value=defaults.timestep_shift, min=0.5, max=10, step=0.5,
-                                   description="timestep_shift", style=style, layout=layout)
-        self.steps = w.IntSlider(value=defaults.num_timesteps, min=2, max=100, description="num_timesteps",
-                                 style=style, layout=layout)
-        self.renorm = w.Dropdown(options=["global", "channel", "text_channel"], value=defaults.cfg_renorm_type,
-                                 description="cfg_renorm_type", style=style, layout=layout)
-        self.renorm_min = w.FloatSlider(value=defaults.cfg_renorm_min, min=0, max=1, step=0.05,
-                                        description="cfg_renorm_min", style=style, layout=layout)
-        self.widgets = [self.cfg_text, self.cfg_img, self.interval, self.shift, self.steps, self.renorm,
-                        self.renorm_min]
-
-    def values(self) -> dict:
-        return dict(cfg_text_scale=self.cfg_text.value, cfg_img_scale=self.cfg_img.value,
-                    cfg_interval=tuple(self.interval.value), timestep_shift=self.shift.value,
-                    num_timesteps=self.steps.value, cfg_renorm_type=self.renorm.value,
-                    cfg_renorm_min=self.renorm_min.value)
 
 
 class Playground:
@@ -188,7 +144,8 @@ class Playground:
         self.und_button = w.Button(description="Answer", button_style="primary")
         self.und_button.on_click(lambda _: self.answer_clicked())
         self.und_answer = w.HTML()
-        return w.VBox([w.HTML("uses the image of the Edit tab"), self.und_question,
+        self.und_note = w.HTML()
+        return w.VBox([self.und_note, self.und_question,
                        w.HBox([self.und_sample, self.und_temperature, self.und_max]),
                        w.HBox([self.und_think, self.und_button]), self.und_answer])
 
@@ -197,7 +154,7 @@ class Playground:
 
         wide = w.Layout(width=self.WIDE)
         self.chat_log = w.VBox([])
-        self.chat_text = w.Text(value="", placeholder="type a message", layout=wide)
+        self.chat_text = w.Text(value="", layout=wide)
         self.chat_image_reply = w.Checkbox(value=False, description="reply with an image")
         self.chat_attach = w.Checkbox(value=False, description="use last image")
         self.chat_send = w.Button(description="Send", button_style="primary")
@@ -211,7 +168,7 @@ class Playground:
 
     @classmethod
     def micro(cls, **kwargs) -> Playground:
-        from . import micro
+        from .. import micro
 
         return cls(micro.load(), "micro-BAGEL (CPU)", **kwargs)
 
@@ -219,7 +176,7 @@ class Playground:
     def from_folder(cls, folder, device: str | None = None, quantize: str | None = None, **kwargs) -> Playground:
         """The official BAGEL-7B-MoT folder: bf16, across every visible GPU ("auto") unless told otherwise;
         ``quantize="nf4"`` / ``"int8"`` through bitsandbytes when it is installed."""
-        from .pipeline import load
+        from ..pipeline import load
 
         device = device or ("auto" if torch.cuda.device_count() > 1 else None)
         name = f"BAGEL ({folder}{', ' + quantize if quantize else ''})"
@@ -245,6 +202,9 @@ class Playground:
         self.und_sample.description, self.und_temperature.description = t["sample"], t["temperature"]
         self.seed.description, self.t2i_ratio.description = t["seed"], t["size"]
         self.max_think.description, self.edit_upload.description = t["max_think"], t["upload"]
+        self.und_max.description, self.und_note.value = t["max_tokens"], t["und_note"]
+        self.t2i_prompt.placeholder, self.edit_text.placeholder = t["prompt"], t["instruction"]
+        self.und_question.placeholder, self.chat_text.placeholder = t["question"], t["message"]
 
     # ------------------------------------------------------------------------------------------------------
     # Running work: in a thread (so Stop is heard), or inline when a test asks to wait.

@@ -1,4 +1,4 @@
-"""ipywidgets for the workbook: every sampler knob beside the picture it makes.
+"""Explorers for the workbook: every sampler knob beside the picture it makes.
 
 ``SamplerExplorer(pipe)`` shows a prompt box, sliders for the flow-matching sampler and a strip of the
 denoising trajectory: at chosen steps, the model's current estimate of the clean image,
@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .inference import T2I_SETTINGS
-from .pipeline import Generated, Pipeline
+from ..pipeline import Generated, Pipeline
+from ..settings import T2I_SETTINGS
+from .controls import SamplerControls
 
 
 @dataclass
@@ -46,30 +47,17 @@ class SamplerExplorer:
         import ipywidgets as w
 
         self.pipe, self.frames = pipe, frames
-        s = T2I_SETTINGS
         style = {"description_width": "150px"}
         layout = w.Layout(width="380px")
         self.prompt = w.Text(value=prompt, description="prompt", style=style, layout=w.Layout(width="500px"))
-        self.cfg_text = w.FloatSlider(value=s.cfg_text_scale, min=0, max=8, step=0.5,
-                                      description="cfg_text_scale (≤1: off)", style=style, layout=layout)
-        self.cfg_img = w.FloatSlider(value=s.cfg_img_scale, min=0, max=4, step=0.25,
-                                     description="cfg_img_scale (≤1: off)", style=style, layout=layout)
-        self.interval = w.FloatRangeSlider(value=s.cfg_interval, min=0, max=1, step=0.05,
-                                           description="cfg_interval (t range)", style=style, layout=layout)
-        self.shift = w.FloatSlider(value=s.timestep_shift, min=0.5, max=6, step=0.5,
-                                   description="timestep_shift (1: none)", style=style, layout=layout)
-        self.steps = w.IntSlider(value=30, min=2, max=100, description="num_timesteps", style=style, layout=layout)
-        self.renorm = w.Dropdown(options=["global", "channel", "text_channel"], value=s.cfg_renorm_type,
-                                 description="cfg_renorm_type", style=style, layout=layout)
-        self.renorm_min = w.FloatSlider(value=s.cfg_renorm_min, min=0, max=1, step=0.05,
-                                        description="cfg_renorm_min (1: off)", style=style, layout=layout)
+        self.sampler = SamplerControls(T2I_SETTINGS, style, layout, num_timesteps=30)
+        self.cfg_text, self.steps = self.sampler.cfg_text, self.sampler.steps  # the two knobs tried most
         self.seed = w.IntText(value=0, description="seed", style=style, layout=layout)
         self.button = w.Button(description="Draw", button_style="primary")
         self.output = w.Output()
         self.status = w.HTML()
         self.button.on_click(lambda _: self._on_click())
-        knobs = [self.cfg_text, self.cfg_img, self.interval, self.shift, self.steps, self.renorm, self.renorm_min,
-                 self.seed]
+        knobs = [*self.sampler.widgets, self.seed]
         self.widget = w.VBox([self.prompt, w.HBox([w.VBox(knobs[:4]), w.VBox(knobs[4:])]),
                               w.HBox([self.button, self.status]), self.output])
         self.last: Generated | None = None
@@ -80,23 +68,17 @@ class SamplerExplorer:
 
         display(self.widget)
 
-    def settings(self) -> dict:
-        return dict(cfg_text_scale=self.cfg_text.value, cfg_img_scale=self.cfg_img.value,
-                    cfg_interval=tuple(self.interval.value), timestep_shift=self.shift.value,
-                    num_timesteps=self.steps.value, cfg_renorm_type=self.renorm.value,
-                    cfg_renorm_min=self.renorm_min.value)
-
     def run(self) -> Generated:
         """Generate with the current widget values; returns the result and keeps the trajectory."""
         traj, callback = record_trajectory()
         self.last = self.pipe.generate(self.prompt.value, seed=self.seed.value, callback=callback, progress=False,
-                                       **self.settings())
+                                       **self.sampler.values())
         self.trajectory = traj
         return self.last
 
     def figure(self):
         """The final image and the decoded clean-image estimates along the trajectory."""
-        from .viz import show_images
+        from ..viz import show_images
 
         traj, shape = self.trajectory, self.pipe.default_image_shape()
         picks = sorted({round(i * (len(traj.ts) - 1) / max(self.frames - 1, 1)) for i in range(self.frames)})
