@@ -195,13 +195,100 @@ def _draw_summary(ax, log: dict, fontsize: float) -> None:
     ax.axis("off")
 
 
+def is_micro_log(log) -> bool:
+    """Whether ``log`` is micro-BAGEL's own format: ``"loss": {"ce": [per step], "mse": [per step]}``."""
+    loss = log.get("loss") if isinstance(log, dict) else None
+    return isinstance(loss, dict) and isinstance(loss.get("ce"), list) and isinstance(loss.get("mse"), list)
+
+
+def _positive(values: list) -> list[float]:
+    """Per-step values for a log-scale axis: anything not a positive number becomes NaN (a gap)."""
+    return [float(v) if _number(v) and v > 0 else math.nan for v in values]
+
+
+EVAL_LABELS = {"t2i_color_acc": "drawn colour right", "t2i_position_acc": "drawn position right",
+               "t2i_shape_acc": "drawn shape right", "t2i_size_acc": "drawn size right",
+               "vqa_acc": "questions answered right", "vqa_position_acc": "'where?' answered right",
+               "edit_success": "edits fully right"}
+
+
+def plot_micro_log(log: dict, fontsize: float = 12, title: str | None = None, window: int | None = None):
+    """micro-BAGEL's training log (``python -m bagel_lite.micro train`` writes it) in two panels.
+
+    Left: cross-entropy and velocity MSE per step (faint) and their moving average (bold), on a log scale; the
+    alignment phase (the first ``align_steps`` steps: questions only, so no MSE) is shaded. Right: the periodic
+    evaluations of the EMA weights (``"evals"``: records with a ``"step"``). The title adds the autoencoder's
+    quality and the training time when the log has them.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    ce, mse = _positive(log["loss"]["ce"]), _positive(log["loss"]["mse"])
+    steps = list(range(1, max(len(ce), len(mse)) + 1))
+    window = window or max(1, len(steps) // 50)
+    align = log.get("align_steps") or log.get("settings", {}).get("align_steps") or 0
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.6))
+    for name, values, color in (("cross-entropy (answers)", ce, "#4c72b0"), ("MSE (velocity)", mse, "#c44e52")):
+        if not any(not math.isnan(v) for v in values):
+            continue
+        a.plot(steps[:len(values)], values, lw=0.6, alpha=0.25, color=color)
+        a.plot(steps[:len(values)], smooth(values, window), lw=2.2, color=color,
+               label=f"{name}, mean of {window}" if window > 1 else name)
+    for ax in (a, b):
+        if align:
+            ax.axvspan(0, align, color="#999", alpha=0.15, lw=0)
+            ax.axvline(align, color="#666", ls=":", lw=1.2)
+    if align:
+        a.plot([], [], color="#999", alpha=0.4, lw=8, label=f"alignment: questions only (steps 1–{align})")
+    a.set_yscale("log")
+    a.yaxis.set_major_formatter(FuncFormatter(_log_label))
+    a.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: _log_label(v) if _mantissa(v) in (2, 5) else ""))
+    a.set(xlabel="step", ylabel="loss (log scale)")
+    a.set_title("losses per step", fontsize=fontsize)
+    a.legend(fontsize=fontsize * 0.8)
+    a.grid(alpha=0.3, which="both")
+    evals = [r for r in log.get("evals") or [] if isinstance(r, dict) and _number(r.get("step"))]
+    names = [k for k in dict.fromkeys(k for r in evals for k in r) if k != "step"
+             and any(_number(r.get(k)) for r in evals)]
+    for name in names:
+        pts = [(r["step"], r[name]) for r in evals if _number(r.get(name))]
+        b.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, lw=1.6, label=EVAL_LABELS.get(name, name))
+    b.set_ylim(-0.03, 1.03)
+    b.set_xlim(0, max(steps[-1] if steps else 1, max((r["step"] for r in evals), default=1)))
+    b.set(xlabel="step", ylabel="share right (held-out scenes)")
+    b.set_title("evaluations of the EMA weights during training" if names else "no evaluations in this log",
+                fontsize=fontsize)
+    if names:
+        b.legend(fontsize=fontsize * 0.7, ncol=1 + len(names) // 5, loc="best")
+    b.grid(alpha=0.3)
+    for ax in (a, b):
+        ax.xaxis.label.set_size(fontsize)
+        ax.yaxis.label.set_size(fontsize)
+        ax.tick_params(labelsize=fontsize * 0.85)
+    facts = []
+    if _number(log.get("ae_psnr")):
+        facts.append(f"autoencoder PSNR {log['ae_psnr']:.1f} dB")
+    if _number(log.get("ae_attribute_acc")):
+        facts.append(f"its reconstructions read back right {log['ae_attribute_acc']:.0%}")
+    if _number(log.get("train_seconds")):
+        facts.append(f"trained in {log['train_seconds'] / 60:.0f} min")
+    heading = "\n".join(x for x in (title, "; ".join(facts)) if x)
+    if heading:
+        fig.suptitle(heading, fontsize=fontsize * 1.1)
+    fig.tight_layout()
+    return fig
+
+
 def plot_training_log(log: dict, fontsize: float = 12, title: str | None = None):
     """Draw a training log: one panel per kind of loss, one for evaluations; its summary if it has neither.
 
-    Returns the figure (assign it: ``fig = plot_training_log(read_log())``).
+    micro-BAGEL's own format (``is_micro_log``) goes to ``plot_micro_log``. Returns the figure (assign it:
+    ``fig = plot_training_log(read_log())``).
     """
     import matplotlib.pyplot as plt
 
+    if is_micro_log(log):
+        return plot_micro_log(log, fontsize, title)
     losses, evals = split_columns(tables(log))
     kinds = [k for k in PANELS if any(loss_panel(n) == k for n, _ in losses)]
     n = len(kinds) + bool(evals)

@@ -166,17 +166,26 @@ def check_prediction(prediction, expected, hint: str, tol: float = 1e-6) -> bool
     if prediction is None:
         print(f"Write your prediction into the variable first, then run the cell again. Hint: {hint}")
         return None
-    if isinstance(expected, int | float) and isinstance(prediction, int | float):
-        right = abs(float(prediction) - float(expected)) <= tol * max(1.0, abs(float(expected)))
-    elif isinstance(expected, str) and isinstance(prediction, str):
-        right = prediction.strip().lower() == expected.strip().lower()
-    elif isinstance(expected, torch.Tensor) or isinstance(prediction, torch.Tensor):
-        p, e = torch.as_tensor(prediction, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)
-        right = p.shape == e.shape and bool(torch.allclose(p, e, atol=tol))
-    else:
-        right = prediction == expected
+    right = _same(prediction, expected, tol)
     print("Right." if right else f"Not yet. Hint: {hint}")
     return bool(right)
+
+
+def _same(prediction, expected, tol: float) -> bool:
+    """Numbers within ``tol``, strings case-insensitively, lists and tuples alike element by element."""
+    if isinstance(expected, int | float) and isinstance(prediction, int | float):
+        return abs(float(prediction) - float(expected)) <= tol * max(1.0, abs(float(expected)))
+    if isinstance(expected, str) and isinstance(prediction, str):
+        return prediction.strip().lower() == expected.strip().lower()
+    if isinstance(expected, torch.Tensor) or isinstance(prediction, torch.Tensor):
+        try:
+            p, e = torch.as_tensor(prediction, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)
+        except (TypeError, ValueError):
+            return False
+        return p.shape == e.shape and bool(torch.allclose(p, e, atol=tol))
+    if isinstance(expected, list | tuple) and isinstance(prediction, list | tuple):
+        return len(prediction) == len(expected) and all(_same(p, e, tol) for p, e in zip(prediction, expected))
+    return bool(prediction == expected)
 
 
 def verdict(found, truth, why: str = "") -> str:

@@ -13,7 +13,16 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bagel_lite.curves import LiveCurves, plot_training_log, read_log, smooth, split_columns, tables  # noqa: E402
+from bagel_lite.curves import (  # noqa: E402
+    LiveCurves,
+    is_micro_log,
+    plot_micro_log,
+    plot_training_log,
+    read_log,
+    smooth,
+    split_columns,
+    tables,
+)
 from bagel_lite.ema import ema_copy, ema_decay, ema_update, ema_variance_ratio  # noqa: E402
 from bagel_lite.flow import logit_normal_timesteps  # noqa: E402
 from bagel_lite.micro.data import micro_config  # noqa: E402
@@ -62,6 +71,41 @@ def test_plot_training_log_draws_what_the_log_holds():
     assert len(fig.axes) == 1 and "no per-step losses" in fig.axes[0].texts[0].get_text()
     plt.close(fig)
     plt.close(plot_training_log(read_log()))  # the shipped log, whatever its layout
+
+
+def micro_log(align=40, steps=200):
+    """A synthetic log in the exact shape ``python -m bagel_lite.micro train`` writes."""
+    g = random.Random(0)
+    ce = [round(6.0 / (1 + s / 20) + 0.1 * g.random(), 4) for s in range(steps)]
+    mse = [0.0 if s < align else round(1.9 - 0.4 * (s - align) / steps + 0.05 * g.random(), 4) for s in range(steps)]
+    evals = [{"step": s, "t2i_color_acc": s / steps, "t2i_position_acc": 0.5, "vqa_acc": 0.3 + s / (2 * steps),
+              "vqa_position_acc": 0.25, "edit_success": 0.1} for s in range(50, steps + 1, 50)]
+    return {"seed": 0, "train_seconds": 900.0, "ae_reconstruction_error": 4.0, "ae_rec_loss": 0.07,
+            "settings": {"seed": 0, "align_steps": align, "steps": steps - align},
+            "ae_curve": [[s, 0.5 / (1 + s)] for s in range(0, 400, 50)], "ae_psnr": 27.5, "ae_attribute_acc": 0.98,
+            "loss": {"ce": ce, "mse": mse}, "align_steps": align, "evals": evals}
+
+
+def test_plot_micro_log_draws_the_trainers_format():
+    log = micro_log()
+    assert is_micro_log(log) and not is_micro_log(RECORDS)
+    fig = plot_training_log(log, title="synthetic")
+    losses, evals = fig.axes
+    assert losses.get_yscale() == "log" and evals.get_ylim() == (-0.03, 1.03)
+    labels = [line.get_label() for line in losses.lines]
+    assert any(lab.startswith("cross-entropy") for lab in labels) and any(lab.startswith("MSE") for lab in labels)
+    assert any("alignment" in lab for lab in labels)  # the alignment phase is marked (and shaded)
+    assert len(losses.patches) == 1 and losses.patches[0].get_x() == 0  # the shaded span starts at step 0
+    assert len([line for line in evals.lines if line.get_marker() == "o"]) == 5  # five evaluation series
+    assert "PSNR 27.5 dB" in fig._suptitle.get_text()
+    # the MSE of the alignment phase (zero: no image was drawn) is a gap on the log scale, not a crash
+    mse_line = next(line for line in losses.lines if line.get_label().startswith("MSE"))
+    assert math.isnan(mse_line.get_ydata()[0]) and mse_line.get_ydata()[-1] > 0
+    plt.close(fig)
+    no_evals = dict(log, evals=[], align_steps=0)
+    fig = plot_micro_log(no_evals)
+    assert fig.axes[1].get_title() == "no evaluations in this log"
+    plt.close(fig)
 
 
 def test_smooth_and_live_curves_outside_a_notebook():
