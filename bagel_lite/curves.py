@@ -212,6 +212,20 @@ EVAL_LABELS = {"t2i_color_acc": "drawn colour right", "t2i_position_acc": "drawn
                "edit_success": "edits fully right"}
 
 
+def _draw_micro_evals(b, names: list[str], evals: list[dict], steps: list[int], fontsize: float) -> None:
+    for name in names:
+        pts = [(r["step"], r[name]) for r in evals if _number(r.get(name))]
+        b.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, lw=1.6, label=EVAL_LABELS.get(name, name))
+    b.set_ylim(-0.03, 1.03)
+    b.set_xlim(0, max(steps[-1] if steps else 1, max((r["step"] for r in evals), default=1)))
+    b.set(xlabel="step", ylabel="share right (held-out scenes)")
+    b.set_title("evaluations of the EMA weights during training" if names else "no evaluations in this log",
+                fontsize=fontsize)
+    if names:
+        b.legend(fontsize=fontsize * 0.7, ncol=1 + len(names) // 5, loc="best")
+    b.grid(alpha=0.3)
+
+
 def plot_micro_log(log: dict, fontsize: float = 12, title: str | None = None, window: int | None = None):
     """micro-BAGEL's training log (``python -m bagel_lite.micro train`` writes it) in two panels.
 
@@ -250,17 +264,7 @@ def plot_micro_log(log: dict, fontsize: float = 12, title: str | None = None, wi
     evals = [r for r in log.get("evals") or [] if isinstance(r, dict) and _number(r.get("step"))]
     names = [k for k in dict.fromkeys(k for r in evals for k in r) if k != "step"
              and any(_number(r.get(k)) for r in evals)]
-    for name in names:
-        pts = [(r["step"], r[name]) for r in evals if _number(r.get(name))]
-        b.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, lw=1.6, label=EVAL_LABELS.get(name, name))
-    b.set_ylim(-0.03, 1.03)
-    b.set_xlim(0, max(steps[-1] if steps else 1, max((r["step"] for r in evals), default=1)))
-    b.set(xlabel="step", ylabel="share right (held-out scenes)")
-    b.set_title("evaluations of the EMA weights during training" if names else "no evaluations in this log",
-                fontsize=fontsize)
-    if names:
-        b.legend(fontsize=fontsize * 0.7, ncol=1 + len(names) // 5, loc="best")
-    b.grid(alpha=0.3)
+    _draw_micro_evals(b, names, evals, steps, fontsize)
     for ax in (a, b):
         ax.xaxis.label.set_size(fontsize)
         ax.yaxis.label.set_size(fontsize)
