@@ -63,7 +63,7 @@ class TrainSettings:
     weights_dtype: str = "float16"  # storage of ema.safetensors (upcast at load)
 
 
-QUICK = TrainSettings(size=SMALL, ae_steps=400, ae_batch=8, align_steps=400, steps=1800, lr=1.5e-3, warmup=100,
+QUICK = TrainSettings(size=SMALL, ae_steps=400, ae_batch=8, align_steps=900, steps=1500, lr=1.5e-3, warmup=100,
                       ema=0.995, task_weights=(0.2, 0.35, 0.45), eval_every=0, weights_dtype="float32")
 LONG = TrainSettings()
 RECIPES = {"quick": QUICK, "long": LONG}
