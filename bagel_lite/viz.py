@@ -213,3 +213,24 @@ def image_verdict(image, scene, attributes=("shape", "color", "position", "size"
     wrong = [f"{a} reads {getattr(found, a)} (asked {getattr(scene, a)})" for a in attributes
              if getattr(found, a) != getattr(scene, a)]
     return "right" if not wrong else "wrong: " + ", ".join(wrong)
+
+
+def verdict_title(verdict: str, width: int = 28) -> str:
+    """A short picture title from an ``image_verdict``: 'right', or 'wrong: position reads center' — the asked
+    values left out (the caption says them) and the reasons wrapped to ``width`` characters."""
+    import re
+    import textwrap
+
+    short = re.sub(r" \(asked [^)]*\)", "", verdict)
+    return "\n".join(textwrap.wrap(short, width)) or short
+
+
+def judged_title(name: str, image, scene, width: int = 28) -> str:
+    """'<name>: right' or '<name>: wrong: <why>' for a picture judged against ``scene``, plus the evaluator's
+    shape match (IoU of the picture's core with the ideal template of the shape it read; 1 = a perfect shape)."""
+    from .micro.evaluate import detect
+
+    found = detect(image)
+    match = "" if found.scene.empty else f"\nshape match (IoU) {found.iou:.2f}"
+    return verdict_title(f"{name}: {image_verdict(image, scene)}", width) + match
+
