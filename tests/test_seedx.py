@@ -28,6 +28,7 @@ from bagel_lite.seedx.detokenizer import (
 from bagel_lite.seedx.evaluate import CaptionFloor, held_out_scenes, reconstruction_scores, regression_scores
 from bagel_lite.seedx.llm import QueryRegressor, residual_stream
 from bagel_lite.seedx.resampler import Resampler
+from bagel_lite.seedx.road import BASE
 from bagel_lite.seedx.visual_tokenizer import check_n, pool, vit_grid
 
 SHIPPED_LIMIT = 10 * 1024 * 1024
@@ -36,7 +37,7 @@ SMALL = DenoiserConfig(width=32, depth=2, heads=2, context_dim=32)
 
 @pytest.fixture(scope="module")
 def pipe():
-    return micro.load()
+    return micro.load(BASE)
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,7 @@ from .llm import QueryRegressor
 from .visual_tokenizer import N_CHOICES, check_n, gray_image, pool, standardize, vit_grid
 
 CHECKPOINT = Path(__file__).resolve().parent / "checkpoint"
+BASE = Path(__file__).resolve().parent / "base"  # micro-BAGEL v1: the frozen towers SEED-X was trained on
 HEADS = {"cross": 1, "deep": 4}  # output head -> depth: one-layer cross-attention, multi-layer resampler
 MODES = ("kv", "full")
 
@@ -242,12 +243,12 @@ class SeedX:
 
 
 def load(folder: str | Path = CHECKPOINT, pipe=None) -> SeedX:
-    """The toy SEED-X of ``folder`` (default: the shipped one) on micro-BAGEL's towers."""
+    """The toy SEED-X of ``folder`` (default: the shipped one) on the towers of micro-BAGEL v1 (``BASE``)."""
     if pipe is None:
         from .. import micro
 
-        pipe = micro.load()
+        pipe = micro.load(BASE)
     return SeedX(pipe, folder)
 
 
-__all__ = ["CHECKPOINT", "HEADS", "MODES", "N_CHOICES", "SeedX", "load", "load_into", "save_tensors"]
+__all__ = ["BASE", "CHECKPOINT", "HEADS", "MODES", "N_CHOICES", "SeedX", "load", "load_into", "save_tensors"]

@@ -44,7 +44,7 @@ from .detokenizer import (
 )
 from .evaluate import CaptionFloor, held_out_scenes, reconstruction_scores, regression_scores, split, t2i_scores
 from .llm import QueryRegressor
-from .road import HEADS, SeedX, base_holder, detokenizer_file, regressor_file, save_tensors
+from .road import BASE, HEADS, SeedX, base_holder, detokenizer_file, regressor_file, save_tensors
 from .visual_tokenizer import N_CHOICES, gray_image, pool, standardize, vit_grid
 
 
@@ -219,7 +219,7 @@ def ablate(out: Path, s: AblationSettings | None = None, log=print) -> dict:
     t0 = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = micro.load()
+    pipe = micro.load(BASE)  # SEED-X sits on micro-BAGEL v1's frozen towers
     tables = world_tables(pipe, s, log)
     stats = visual_stats(tables)
     save_tensors(out / "visual_stats.safetensors", stats)
