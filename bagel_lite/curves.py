@@ -142,6 +142,7 @@ def _log_label(v: float, _=None) -> str:
 def draw_losses(axes: dict, steps: list[float], columns: dict[str, list[float]], window: int | None = None,
                 label_suffix: str = "", fontsize: float = 12, guides: dict | None = None) -> None:
     """Each loss column on its panel (``axes[loss_panel(name)]``): raw values faint, a moving average bold.
+    Values that are not positive (a step whose batch had no target for that loss) are left out.
 
     ``guides``: {column name: [(value, label), ...]} dashed horizontal reference lines.
     """
@@ -154,12 +155,16 @@ def draw_losses(axes: dict, steps: list[float], columns: dict[str, list[float]],
                                            label=label)
     for name, values in columns.items():
         ax = axes[loss_panel(name)]
+        values = _positive(values)  # a step without that loss (no answer tokens in its batch) is a gap, not a 0
         (line,) = ax.plot(steps, values, lw=0.8, alpha=0.3)
         ax.plot(steps, smooth(values, window), lw=2.2, color=line.get_color(),
                 label=f"{name}{label_suffix} (mean of {window})" if window > 1 else f"{name}{label_suffix}")
     for key, ax in axes.items():
         if key in PANELS and ax.lines:
+            ys = [y for line in ax.lines for y in line.get_ydata() if _number(float(y)) and y > 0]
             ax.set_yscale("log")
+            if ys:  # room above the highest and below the lowest point, so no curve touches the frame
+                ax.set_ylim(min(ys) / 1.25, max(ys) * 1.3)
             ax.yaxis.set_major_formatter(FuncFormatter(_log_label))
             ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: _log_label(v) if _mantissa(v) in (2, 5) else ""))
             ax.set_title(PANELS[key], fontsize=fontsize)
