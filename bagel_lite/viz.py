@@ -211,7 +211,7 @@ def image_verdict(image, scene, attributes=("shape", "color", "position", "size"
     if found.empty:
         return "wrong: the evaluator sees an empty canvas"
     wrong = [f"{a} reads {getattr(found, a)} (asked {getattr(scene, a)})" for a in attributes
-             if getattr(found, a) != getattr(scene, a)]
+             if getattr(scene, a) is not None and getattr(found, a) != getattr(scene, a)]  # None: not asked
     return "right" if not wrong else "wrong: " + ", ".join(wrong)
 
 
