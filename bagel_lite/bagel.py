@@ -67,13 +67,13 @@ class Bagel(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     # The shared decoder, and the ways out
 
-    def decode(self, x: torch.Tensor, gen_mask: torch.Tensor | None, position_ids: torch.Tensor,
-               allowed: torch.Tensor | None, past: list[KV] | None = None):
-        """Run the MoT decoder.
+    def hidden_states(self, x: torch.Tensor, gen_mask: torch.Tensor | None, position_ids: torch.Tensor,
+                      allowed: torch.Tensor | None, past: list[KV] | None = None):
+        """Run the MoT decoder over embedded rows (what comes out of ``embed_*``): hidden states and K/V.
 
         x: (B, L, D) input rows; gen_mask: (B, L) True for generation-expert tokens (or None: all
         understanding); position_ids: (B, L) 1D RoPE positions; allowed: (B, 1, L, T+L) bool mask over the
-        T cached + L new keys, or the same as an ``attention.KeyMask`` (flash-attn on a GPU), or a
+        T cached + L new keys, or the same as a ``masks.KeyMask`` (flash-attn on a GPU), or a
         ``PackedMask`` (None = everything visible); past: per-layer cached K/V or None.
         Returns hidden states (B, L, D) after each token's expert's final norm, and per-layer K/V.
         """

@@ -82,7 +82,7 @@ class GuidedVelocity:
             contexts = [self.contexts[k] for k in names]
             self.batches[names] = BranchBatch(contexts, self.n + 2, self.reader.device)
         b, model = self.batches[names], self.reader.model
-        hidden, _ = model.decode(rows[None].expand(b.size, -1, -1), self.gen_mask[None].expand(b.size, -1),
+        hidden, _ = model.hidden_states(rows[None].expand(b.size, -1, -1), self.gen_mask[None].expand(b.size, -1),
                                  b.positions, b.allowed, b.past)
         return model.velocity(hidden[:, 1:-1]).float()
 

@@ -197,7 +197,7 @@ class LanguageModel(nn.Module):
     """The MoT decoder (``model``) plus the untied ``lm_head`` that turns understanding states into next-token
     logits. Only a holder of the two, named as in the checkpoint (``language_model.model.*``,
     ``language_model.lm_head.*``): unlike transformers' ``Qwen2ForCausalLM`` it has no ``forward``;
-    ``Bagel.decode`` and ``Bagel.logits`` run its parts."""
+    ``Bagel.hidden_states`` and ``Bagel.logits`` run its parts."""
 
     def __init__(self, cfg: LLMConfig):
         super().__init__()

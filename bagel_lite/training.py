@@ -166,7 +166,7 @@ def packed_loss(model: Bagel, seq: PackedSequence, timestep_shift: float = 1.0,
     # the causal / full / noise mask of every sample, applied sample by sample (see masks.PackedMask)
     allowed = PackedMask(seq.sample_lens, seq.split_lens, seq.attn_modes, device)
     positions = idx(seq.position_ids)
-    hidden, _ = model.decode(x[None], gen_mask[None], positions[None], allowed)
+    hidden, _ = model.hidden_states(x[None], gen_mask[None], positions[None], allowed)
     hidden = hidden[0]  # (L, D)
 
     if mse_tokens:

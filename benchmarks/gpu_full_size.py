@@ -44,11 +44,12 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runs from a plain checkout too (the GPU machine has no editable install)
 
-from bagel_lite import attention, config  # noqa: E402
+from bagel_lite import attention, config, masks  # noqa: E402
 from bagel_lite.checkpoint import build, save_bagel  # noqa: E402
+from bagel_lite.contexts import Context  # noqa: E402
 from bagel_lite.devices import GiB, device_map, estimate_memory  # noqa: E402
-from bagel_lite.inference import Context, StepInfo  # noqa: E402
 from bagel_lite.pipeline import Pipeline  # noqa: E402
+from bagel_lite.progress import StepInfo  # noqa: E402
 from bagel_lite.tokenizer import load_tokenizer  # noqa: E402
 
 TOKENIZER = ROOT / "bagel_lite" / "micro" / "checkpoint"
@@ -204,7 +205,7 @@ def attention_kernels(pipe: Pipeline, device, size: int) -> dict:
     k = torch.randn(2, cfg.num_attention_heads, cached + n, cfg.head_dim, device=device, dtype=pipe.dtype)
     valid = torch.ones(2, cached + n, dtype=torch.bool)
     valid[1, :cached] = False
-    mask = attention.KeyMask(valid, n, causal=False, device=device).dense
+    mask = masks.KeyMask(valid, n, causal=False, device=device).dense
     accepted = {}
     for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
                     SDPBackend.MATH):

@@ -49,7 +49,7 @@ def test_full_model_parameter_counts():
 def test_tiny_preset_builds_and_runs_one_step():
     model, ae = build(config.tiny())
     x = torch.randn(1, 5, model.config.llm.hidden_size)
-    hidden, kvs = model.decode(x, None, torch.arange(5)[None], None)
+    hidden, kvs = model.hidden_states(x, None, torch.arange(5)[None], None)
     assert hidden.shape == x.shape and len(kvs) == model.config.llm.num_hidden_layers
     assert ae.decode(torch.randn(1, 16, 2, 3)).shape == (1, 3, 16, 24)
 

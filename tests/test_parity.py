@@ -8,10 +8,11 @@ checks the outputs:
 ==============================  ==============================================  ===============================
 ours                            reference                                       float32: measured / asserted
 ==============================  ==============================================  ===============================
-``Bagel.decode`` + ``logits``   ``transformers.Qwen3ForCausalLM``,              logits 0 (bit-exact) / atol 1e-5;
-(understanding expert only),    ``attention_bias=True``; ``generate``           greedy ids identical
+``Bagel.hidden_states`` +       ``transformers.Qwen3ForCausalLM``,              logits 0 (bit-exact) / atol 1e-5;
+``logits`` (understanding       ``attention_bias=True``; ``generate``           greedy ids identical
+expert only),
 ``Engine.generate_text``
-``SiglipNaViT`` (NaViT)        ``transformers.SiglipVisionModel``             1e-6 / atol 1e-5
+``SiglipNaViT`` (NaViT)         ``transformers.SiglipVisionModel``              1e-6 / atol 1e-5
 ``AutoEncoder`` (FLUX)          ``diffusers.AutoencoderKL`` (FLUX config)      mean 8e-7 / atol 1e-5;
                                                                                 image 6e-6 / atol 1e-4
 ``flow`` schedule + Euler step  ``diffusers.FlowMatchEulerDiscreteScheduler``  exact / exact
@@ -120,7 +121,8 @@ def test_llm_logits_match_qwen3(llm_pair):
     ids = torch.randint(0, LLM.vocab_size, (2, 13))  # (B, L)
     causal = torch.ones(13, 13, dtype=torch.bool).tril()[None, None]  # (1, 1, L, L)
     with torch.no_grad():
-        hidden, _ = ours.decode(ours.embed_text(ids), None, torch.arange(13).expand(2, -1), causal)  # (B, L, D)
+        positions = torch.arange(13).expand(2, -1)
+        hidden, _ = ours.hidden_states(ours.embed_text(ids), None, positions, causal)  # (B, L, D)
         ours_logits = ours.logits(hidden)  # (B, L, vocab)
         ref_logits = ref(input_ids=ids).logits
     # Measured: 0 (bit-exact) with transformers' default SDPA attention, 8e-7 with its eager attention.
