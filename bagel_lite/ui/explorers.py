@@ -85,7 +85,8 @@ class SamplerExplorer:
         with torch.no_grad():
             frames = [self.pipe.decode_latents(traj.estimates[i], shape)[0] for i in picks]
         return show_images(frames + [self.last.image], [f"x0_hat at t={traj.ts[i]:.2f}" for i in picks] + ["final"],
-                           size=1.7)
+                           size=1.7, suptitle=f"{self.prompt.value!r}: the clean image guessed at each step "
+                                              "(flow time t: 1 = noise, 0 = image)")
 
     def _on_click(self):
         import matplotlib.pyplot as plt
