@@ -14,7 +14,7 @@ from bagel_lite.checkpoint import load_bagel
 from bagel_lite.micro.__main__ import main as micro_main
 from bagel_lite.micro.data import MicroSize, build_tokenizer, micro_config
 from bagel_lite.micro.evaluate import detect, evaluate_model
-from bagel_lite.micro.train import Resumable, TrainSettings, train
+from bagel_lite.micro.train import LONG, Resumable, TrainSettings, train
 from bagel_lite.micro.world import (
     EMPTY,
     all_scenes,
@@ -62,7 +62,8 @@ def test_shipped_checkpoint_is_small_and_loads_with_the_standard_loader():
     files = list(micro.CHECKPOINT.iterdir())
     assert sum(f.stat().st_size for f in files) <= SHIPPED_SIZE_LIMIT
     loaded = load_bagel(micro.CHECKPOINT)
-    assert loaded.config.llm.hidden_size == 128 and loaded.config.vae.z_channels == 16
+    assert loaded.config.llm.hidden_size == LONG.size.hidden and loaded.config.vae.z_channels == 16
+    assert loaded.config.vae.ch == LONG.size.ae_ch  # the long recipe made it
 
 
 def test_shipped_checkpoint_passes_a_small_accuracy_check():
@@ -187,8 +188,14 @@ def test_shipped_metrics_file_records_the_gates():
     metrics = json.loads((micro.CHECKPOINT / "metrics.json").read_text())
     log = json.loads((micro.CHECKPOINT / "train_log.json").read_text())
     assert log["seed"] == TrainSettings().seed
-    for key in ("t2i_color_acc", "t2i_position_acc", "vqa_acc", "edit_success", "train_seconds"):
+    for key in ("t2i_color_acc", "t2i_position_acc", "vqa_acc", "edit_success", "train_seconds", "ae_psnr",
+                "ae_attribute_acc", "vqa_position_acc", "edit_recolor_success", "edit_resize_success"):
         assert key in metrics
+    assert metrics["recipe"] == "long" and log["settings"]["steps"] == LONG.steps
+    # the whole run is in the log, for notebooks to plot without training
+    assert len(log["loss"]["ce"]) == len(log["loss"]["mse"]) == LONG.align_steps + LONG.steps
+    assert [e["step"] for e in log["evals"]] == list(range(LONG.eval_every, LONG.align_steps + LONG.steps + 1,
+                                                           LONG.eval_every))
 
 
 @pytest.mark.parametrize("kind", ["recolor", "move", "resize", "remove", "add"])
