@@ -143,3 +143,38 @@ def profile(call, out: Path, side: str, workload: str):
     st.sort_stats("tottime").print_stats(45)
     st.sort_stats("cumulative").print_stats(60)
     (out / f"{side}_{workload}_cprofile.txt").write_text(f"wall {secs:.4f} s under cProfile\n{s.getvalue()}")
+
+
+def worker_parser():
+    """The arguments both sides' workers take (one workload, timed or profiled, in its own process)."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--golden", type=Path, required=True)
+    ap.add_argument("--workload", choices=sorted(WORKLOADS), required=True)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--dump", type=Path, help="save the sanity outputs (latents / text ids) here (torch.save)")
+    ap.add_argument("--profile", type=Path, help="profile one run into this folder instead of timing")
+    return ap
+
+
+def run_worker(side: str, args, load, make_call, extra) -> None:
+    """Load (timed), build the workload's call, then profile it or time it and report one JSON line.
+    ``load()`` returns the side's model; ``extra()`` the side's own fields for the report."""
+    import torch
+
+    one_thread()
+    spec = WORKLOADS[args.workload]
+    (load_s, _), model = timed(load)
+    rss_loaded = rss_mib()
+    call = make_call(model, spec, args.golden)
+    with torch.no_grad():
+        if args.profile:
+            call()
+            profile(call, args.profile, side, args.workload)
+            return
+        times, cpu_times, tokens, sanity = measure(call, args.warmup, args.repeat)
+    if args.dump:
+        torch.save(sanity, args.dump)
+    report(side, args.workload, times, cpu_times, tokens, load_s, rss_loaded, extra())

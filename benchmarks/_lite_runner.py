@@ -7,7 +7,6 @@ The same workloads, inputs, settings and seed as ``_official_runner.py`` (both r
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -61,34 +60,16 @@ def load(ckpt: Path):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--golden", type=Path, required=True)
-    ap.add_argument("--workload", choices=sorted(common.WORKLOADS), required=True)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--dump", type=Path, help="save the sanity outputs (latents / text ids) here (torch.save)")
-    ap.add_argument("--profile", type=Path, help="profile one run into this folder instead of timing")
-    args = ap.parse_args()
+    args = common.worker_parser().parse_args()
 
-    import torch
+    def extra():
+        import torch
 
-    common.one_thread()
-    spec = common.WORKLOADS[args.workload]
-    (load_s, _), pipe = common.timed(lambda: load(args.golden / "tiny_ckpt"))
-    rss_loaded = common.rss_mib()
-    call = make_call(pipe, spec, args.golden)
-    with torch.no_grad():
-        if args.profile:
-            call()
-            common.profile(call, args.profile, "lite", args.workload)
-            return
-        times, cpu_times, tokens, sanity = common.measure(call, args.warmup, args.repeat)
-    if args.dump:
-        torch.save(sanity, args.dump)
-    import bagel_lite
+        import bagel_lite
 
-    common.report("lite", args.workload, times, cpu_times, tokens, load_s, rss_loaded,
-                  {"torch": torch.__version__, "package": str(Path(bagel_lite.__file__).parent)})
+        return {"torch": torch.__version__, "package": str(Path(bagel_lite.__file__).parent)}
+
+    common.run_worker("lite", args, lambda: load(args.golden / "tiny_ckpt"), make_call, extra)
 
 
 if __name__ == "__main__":

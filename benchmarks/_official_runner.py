@@ -23,7 +23,6 @@ measured work unchanged:
 
 from __future__ import annotations
 
-import argparse
 import enum
 import importlib.machinery
 import json
@@ -244,33 +243,17 @@ def make_call(inferencer, spec: dict, golden: Path):
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = common.worker_parser()
     ap.add_argument("--official", type=Path, required=True)
-    ap.add_argument("--golden", type=Path, required=True)
-    ap.add_argument("--workload", choices=sorted(common.WORKLOADS), required=True)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--dump", type=Path, help="save the sanity outputs (latents / text ids) here (torch.save)")
-    ap.add_argument("--profile", type=Path, help="profile one run into this folder instead of timing")
     args = ap.parse_args()
 
-    import torch
+    def extra():
+        import torch
 
-    common.one_thread()
-    spec = common.WORKLOADS[args.workload]
-    (load_s, _), inferencer = common.timed(lambda: load(args.official.resolve(), args.golden / "tiny_ckpt"))
-    rss_loaded = common.rss_mib()
-    call = make_call(inferencer, spec, args.golden)
-    with torch.no_grad():
-        if args.profile:
-            call()
-            common.profile(call, args.profile, "official", args.workload)
-            return
-        times, cpu_times, tokens, sanity = common.measure(call, args.warmup, args.repeat)
-    if args.dump:
-        torch.save(sanity, args.dump)
-    common.report("official", args.workload, times, cpu_times, tokens, load_s, rss_loaded,
-                  {"stand_ins": common.STAND_INS, "torch": torch.__version__})
+        return {"stand_ins": common.STAND_INS, "torch": torch.__version__}
+
+    common.run_worker("official", args, lambda: load(args.official.resolve(), args.golden / "tiny_ckpt"),
+                      make_call, extra)
 
 
 if __name__ == "__main__":

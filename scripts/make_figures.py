@@ -14,23 +14,19 @@ import time
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
+from build_book import execute  # the one way the scripts execute a notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(prefixes: list[str]) -> None:
     os.environ["BAGEL_LITE_FIGURES"] = str(ROOT / "figures")
-    os.environ.pop("MPLBACKEND", None)
     notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
     if prefixes:
         notebooks = [nb for nb in notebooks if any(nb.name.startswith(p) for p in prefixes)]
     for path in notebooks:
         start = time.time()
-        nb = nbformat.read(path, as_version=4)
-        client = NotebookClient(nb, timeout=600, kernel_name="python3",
-                                resources={"metadata": {"path": str(path.parent)}})
-        client.execute()
+        execute(nbformat.read(path, as_version=4), path)
         print(f"{path.name:<40} {time.time() - start:5.1f} s")
     print("figures in", ROOT / "figures")
 

@@ -15,7 +15,6 @@ those three packages there by hand (the script says which files it looks for).
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
+from build_book import execute  # the one way the scripts execute a notebook
 from nbconvert import SlidesExporter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +54,6 @@ def vendor() -> None:
 
 def main(prefixes: list[str]) -> None:
     vendor()
-    os.environ.pop("MPLBACKEND", None)
     notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
     if prefixes:
         notebooks = [nb for nb in notebooks if any(nb.name.startswith(p) for p in prefixes)]
@@ -65,10 +63,7 @@ def main(prefixes: list[str]) -> None:
     links = []
     for path in notebooks:
         start = time.time()
-        nb = nbformat.read(path, as_version=4)
-        client = NotebookClient(nb, timeout=600, kernel_name="python3",
-                                resources={"metadata": {"path": str(path.parent)}})
-        client.execute()
+        nb = execute(nbformat.read(path, as_version=4), path)
         html, _ = exporter.from_notebook_node(nb)
         target = OUT / f"{path.stem}.slides.html"
         target.write_text(html, encoding="utf-8")
