@@ -1,9 +1,11 @@
 """The small pieces of every training loop here (micro-BAGEL's and SEED-X's): the learning-rate schedule and
-one optimiser step. (The EMA of the weights is ``ema.py``.)"""
+one optimiser step, and the CPU thread count a run uses. (The EMA of the weights is ``ema.py``.)"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -28,3 +30,18 @@ def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, clip: list | 
     if clip is not None:
         torch.nn.utils.clip_grad_norm_(clip, max_norm)
     opt.step()
+
+
+@contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` intra-op CPU threads (``None`` or 0: leave it), then put the old count back.
+
+    The count is process-wide and changes results in their last bits (a convolution sums in another order on
+    1 thread than on 2), so a training run must not leave it changed for whatever runs next."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

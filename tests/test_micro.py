@@ -96,9 +96,14 @@ def tiny_settings(**kw) -> TrainSettings:
 
 def test_training_is_deterministic_from_the_seed(tmp_path):
     """Two runs of the training command with the same seed write identical files (so the long command
-    reproduces the shipped checkpoint byte for byte from its seed)."""
-    for name in ("a", "b"):
+    reproduces the shipped checkpoint byte for byte from its seed); each trains on its own thread count and
+    hands the process its old one back (whatever runs next must not change its bits)."""
+    before = torch.get_num_threads()
+    for name, threads in (("a", 1), ("b", 2)):
+        torch.set_num_threads(threads)
         train(tmp_path / name, tiny_settings(), log=lambda *_: None)
+        assert torch.get_num_threads() == threads
+    torch.set_num_threads(before)
     for file in ("ema.safetensors", "ae.safetensors", "vocab.json", "merges.txt"):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from datetime import datetime
@@ -19,6 +20,14 @@ from PIL import Image
 from bagel_lite.conversation import Conversation
 from bagel_lite.pipeline import Generated
 from bagel_lite.progress import GenerationStopped
+
+
+def in_fresh_process(*args: str, timeout: int) -> subprocess.CompletedProcess:
+    """``python tests/determinism.py ARGS`` in a new process with this process's CPU thread count: bits are
+    promised for the same thread count (a convolution sums in another order on 1 thread than on 2)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    return subprocess.run([sys.executable, str(REPO / "tests" / "determinism.py"), *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -242,8 +251,7 @@ def test_the_call_names_init_noise_the_think_limit_and_batching(pipe, tmp_path):
     again = eval(out.call, {"pipe": pipe, "init_noise": noise})
     assert again.image.tobytes() == out.image.tobytes() and again.text == out.text
     torch.save(noise, tmp_path / "noise.pt")
-    fresh = subprocess.run([sys.executable, str(REPO / "tests" / "determinism.py"), "call", out.call,
-                            str(tmp_path / "noise.pt")], capture_output=True, text=True, timeout=300)
+    fresh = in_fresh_process("call", out.call, str(tmp_path / "noise.pt"), timeout=300)
     assert fresh.returncode == 0, fresh.stderr
     from determinism import digest
 
@@ -255,8 +263,7 @@ def test_an_edit_call_reproduces_in_a_fresh_process(pipe, picture):
     from determinism import digest
 
     out = pipe.edit(picture, "make it blue", seed=2, cfg_img_scale=1.5, **FAST)
-    fresh = subprocess.run([sys.executable, str(REPO / "tests" / "determinism.py"), "call", out.call],
-                           capture_output=True, text=True, timeout=300)
+    fresh = in_fresh_process("call", out.call, timeout=300)
     assert fresh.returncode == 0, fresh.stderr
     assert json.loads(fresh.stdout.strip().splitlines()[-1]) == digest(out.image, out.latents, out.text)
 
@@ -268,8 +275,7 @@ def test_same_seed_same_outputs_in_this_process_and_in_two_others(pipe):
     assert here[0] == here[1]
     others = []
     for global_seed in ("1", "2"):  # each process also seeds the global RNG differently: it must not matter
-        run = subprocess.run([sys.executable, str(REPO / "tests" / "determinism.py"), "outputs", global_seed],
-                             capture_output=True, text=True, timeout=600)
+        run = in_fresh_process("outputs", global_seed, timeout=600)
         assert run.returncode == 0, run.stderr
         others.append(json.loads(run.stdout.strip().splitlines()[-1]))
     assert others[0] == others[1] == here[0]

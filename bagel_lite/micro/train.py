@@ -32,7 +32,7 @@ from ..autoencoder import AutoEncoder
 from ..bagel import Bagel
 from ..checkpoint import save_bagel
 from ..ema import ema_copy, ema_decay, ema_update
-from ..optimization import cosine_lr, optimizer_step, set_lr
+from ..optimization import cosine_lr, cpu_threads, optimizer_step, set_lr
 from ..training import PackedSequence, packed_loss
 from .data import QUESTION_WEIGHTS, SMALL, TASKS, MicroSize, SampleMaker, build_tokenizer, image_batch, micro_config
 from .evaluate import autoencoder_quality
@@ -255,8 +255,13 @@ def default_state_path(out: Path) -> Path:
 
 def train(out: Path, s: TrainSettings, log=print, state_path: Path | None = None) -> dict:
     """Train the autoencoder and micro-BAGEL from scratch (or resume from ``state_path``, which is written
-    every ``s.state_every_s`` seconds); write an official-layout folder to ``out`` and its training log."""
-    torch.set_num_threads(s.threads)
+    every ``s.state_every_s`` seconds); write an official-layout folder to ``out`` and its training log.
+    Runs on ``s.threads`` CPU threads and gives the process its old thread count back afterwards."""
+    with cpu_threads(s.threads):
+        return _train(out, s, log, state_path)
+
+
+def _train(out: Path, s: TrainSettings, log, state_path: Path | None) -> dict:
     recipe = json.loads(json.dumps(asdict(s), default=str))  # what a state must have been made with
     saver = Resumable(state_path, s.state_every_s, recipe)
     state = saver.load()

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ..micro.data import image_batch
 from ..micro.evaluate import attribute_accuracy, held_out_prompts
 from ..micro.world import Scene, caption
-from ..optimization import cosine_lr, optimizer_step, set_lr
+from ..optimization import cosine_lr, cpu_threads, optimizer_step, set_lr
 from .detokenizer import (
     CaptionConditioner,
     Denoiser,
@@ -208,16 +208,19 @@ def config_json(s: AblationSettings) -> dict:
 
 
 def ablate(out: Path, s: AblationSettings | None = None, log=print) -> dict:
-    """Train everything into ``out``, then measure; writes ``metrics.json`` and returns the metrics."""
+    """Train everything into ``out``, then measure; writes ``metrics.json`` and returns the metrics. Runs on
+    ``s.threads`` CPU threads from the seed ``s.seed``; the process's thread count and global RNG are left
+    as they were."""
+    s = s or AblationSettings()
+    with cpu_threads(s.threads), torch.random.fork_rng():
+        torch.manual_seed(s.seed)
+        return _ablate(Path(out), s, log)
+
+
+def _ablate(out: Path, s: AblationSettings, log) -> dict:
     from .. import micro
 
-    s = s or AblationSettings()
-
-    if s.threads:
-        torch.set_num_threads(s.threads)
-    torch.manual_seed(s.seed)
     t0 = time.time()
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pipe = micro.load(BASE)  # SEED-X sits on micro-BAGEL v1's frozen towers
     tables = world_tables(pipe, s, log)
