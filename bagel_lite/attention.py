@@ -61,6 +61,17 @@ def packed_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Packe
     return packed[None]
 
 
+def rowwise_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: KeyMask) -> torch.Tensor:
+    """Padded rows whose only hidden keys are padding (the guidance branches of a denoising step), one row at
+    a time over its own valid keys and without a mask: the variable-length kernel's work, done by SDPA.
+    Hiding keys with a mask would compute their scores anyway and take SDPA's slower masked path (on the CPU
+    a 512x512 step: 11.4 ms of attention per layer for two branches batched, 9.3 ms row by row).
+
+    q: (B, Hq, L, d); k, v: (B, Hkv, T + L, d). Returns (B, Hq, L, d)."""
+    return torch.cat([attend(q[b:b + 1], k[b:b + 1, :, keys], v[b:b + 1, :, keys])  # (1, Hq, L, d)
+                      for b, keys in enumerate(mask.rows)])
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed=None) -> torch.Tensor:
     """Softmax attention with grouped-query heads.
 
@@ -74,6 +85,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed=None) -> t
     if isinstance(allowed, KeyMask):
         if flash_supported(q):
             return varlen_attend(q, k, v, allowed, FLASH_VARLEN)
+        if allowed.rows is not None:
+            return rowwise_attend(q, k, v, allowed)
         allowed = allowed.dense
     groups = q.shape[1] // k.shape[1]
     if groups > 1:

