@@ -53,7 +53,6 @@ class TrainSettings:
     question_weights: dict = field(default_factory=lambda: dict(QUESTION_WEIGHTS))
     edit_weights: dict = field(default_factory=lambda: {"recolor": 1.5, "move": 1.0, "resize": 1.5, "remove": 0.5,
                                                         "add": 1.0})
-    question_shift: int = 1  # pixels a question's picture moves at random (SampleMaker): shapes, not pixels
     lr: float = 1e-3
     warmup: int = 200
     ema: float = 0.998
@@ -195,8 +194,7 @@ def train_bagel(model: Bagel, tokenizer, special, table, ae_cfg, s: TrainSetting
         z = means[i] + stds[i] * torch.randn(means[i].shape, generator=gen)  # a fresh posterior sample
         return ae_cfg.scale_factor * (z - ae_cfg.shift_factor)
 
-    maker = SampleMaker(tokenizer, latent_of, question_weights=s.question_weights, edit_weights=s.edit_weights,
-                        question_shift=s.question_shift)
+    maker = SampleMaker(tokenizer, latent_of, question_weights=s.question_weights, edit_weights=s.edit_weights)
     ema = ema_copy(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
