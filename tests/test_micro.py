@@ -108,6 +108,14 @@ def test_training_is_deterministic_from_the_seed(tmp_path):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
 
 
+def test_the_quick_recipe_takes_the_shipped_autoencoder_frozen(tmp_path):
+    """``shipped_autoencoder``: no autoencoder phase; the folder written carries the shipped weights unchanged."""
+    settings = tiny_settings(shipped_autoencoder=True, ae_steps=0)  # TINY's autoencoder has the shipped width
+    stats = train(tmp_path / "q", settings, log=lambda *_: None)
+    assert stats["ae_curve"] == [] and stats["ae_psnr"] > 30
+    assert (tmp_path / "q" / "ae.safetensors").read_bytes() == (micro.CHECKPOINT / "ae.safetensors").read_bytes()
+
+
 @pytest.mark.parametrize("stop_at", [2, 6])  # inside the autoencoder phase, inside BAGEL's
 def test_a_stopped_run_resumes_to_the_same_bytes(tmp_path, monkeypatch, stop_at):
     settings = tiny_settings(state_every_s=0.0)  # a state after every step
