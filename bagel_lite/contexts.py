@@ -67,8 +67,9 @@ class Reader:
             raise ValueError(f"the context would need position {int(positions.max())}, beyond the model's "
                              f"{self.model.config.llm.max_position_embeddings}: shorten the prompt")
         allowed = KeyMask(torch.ones(1, ctx.kv_len + n, dtype=torch.bool), n, causal, self.device)
-        hidden, kvs = self.model.hidden_states(rows[None].to(self.dtype), None if gen_mask is None else gen_mask[None],
-                                        positions[None], allowed, list(ctx.past) if ctx.past else None)
+        gen = None if gen_mask is None else gen_mask[None]
+        hidden, kvs = self.model.hidden_states(rows[None].to(self.dtype), gen, positions[None], allowed,
+                                               list(ctx.past) if ctx.past else None)
         return hidden[0], Context(ctx.kv_len + n, ctx.rope, tuple(kvs))
 
     def marker_rows(self) -> torch.Tensor:

@@ -83,7 +83,7 @@ class GuidedVelocity:
             self.batches[names] = BranchBatch(contexts, self.n + 2, self.reader.device)
         b, model = self.batches[names], self.reader.model
         hidden, _ = model.hidden_states(rows[None].expand(b.size, -1, -1), self.gen_mask[None].expand(b.size, -1),
-                                 b.positions, b.allowed, b.past)
+                                        b.positions, b.allowed, b.past)  # (B, N + 2, D)
         return model.velocity(hidden[:, 1:-1]).float()
 
     def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:

@@ -34,6 +34,7 @@ from ..checkpoint import load_autoencoder, save_bagel
 from ..ema import ema_copy, ema_decay, ema_update
 from ..optimization import cosine_lr, cpu_threads, optimizer_step, set_lr
 from ..training import PackedSequence, packed_loss
+from . import CHECKPOINT
 from .data import QUESTION_WEIGHTS, SMALL, TASKS, MicroSize, SampleMaker, build_tokenizer, image_batch, micro_config
 from .evaluate import autoencoder_quality
 from .world import EMPTY, Scene, all_scenes, held_out_scene, training_scene
@@ -314,22 +315,18 @@ def _train(out: Path, s: TrainSettings, log, state_path: Path | None) -> dict:
 
 
 def _autoencoder(ae: AutoEncoder, s: TrainSettings, state: dict | None, saver: Resumable, clock, log) -> dict:
-    """Phase 1: train the autoencoder (or resume it, or take the shipped one); its quality on held-out scenes."""
-    if s.shipped_autoencoder and (state is None or state["phase"] == "ae"):
-        from . import CHECKPOINT
-
-        load_autoencoder(ae, CHECKPOINT)
-        ae_stats = {"ae_rec_loss": None, "ae_curve": [], **autoencoder_quality(ae)}
-        log(f"the shipped autoencoder: PSNR {ae_stats['ae_psnr']} dB, every attribute read back right on "
-            f"{ae_stats['ae_attribute_acc']:.1%} of held-out reconstructions")
-    elif state is None or state["phase"] == "ae":
-        ae_stats = train_autoencoder(ae, s, state, saver, clock)
-        ae_stats.update(autoencoder_quality(ae))
-        log(f"autoencoder after {clock():.0f} s: PSNR {ae_stats['ae_psnr']} dB, every attribute read back right "
-            f"on {ae_stats['ae_attribute_acc']:.1%} of held-out reconstructions")
-    else:  # a state of phase 2 carries the finished autoencoder
+    """Phase 1: train the autoencoder (or take the shipped one); its quality on held-out scenes."""
+    if state is not None and state["phase"] != "ae":  # a state of phase 2 carries the finished autoencoder
         ae.load_state_dict(state["ae_final"])
-        ae_stats = state["ae_stats"]
+        return state["ae_stats"]
+    if s.shipped_autoencoder:
+        load_autoencoder(ae, CHECKPOINT)
+        ae_stats, source = {"ae_rec_loss": None, "ae_curve": []}, "the shipped autoencoder"
+    else:
+        ae_stats, source = train_autoencoder(ae, s, state, saver, clock), f"autoencoder after {clock():.0f} s"
+    ae_stats.update(autoencoder_quality(ae))
+    log(f"{source}: PSNR {ae_stats['ae_psnr']} dB, every attribute read back right on "
+        f"{ae_stats['ae_attribute_acc']:.1%} of held-out reconstructions")
     return ae_stats
 
 
