@@ -235,7 +235,8 @@ def plot_micro_log(log: dict, fontsize: float = 12, title: str | None = None, wi
     """micro-BAGEL's training log (``python -m bagel_lite.micro train`` writes it) in two panels.
 
     Left: cross-entropy and velocity MSE per step (faint) and their moving average (bold), on a log scale; the
-    alignment phase (the first ``align_steps`` steps: questions only, so no MSE) is shaded. Right: the periodic
+    alignment phase (the first ``align_steps`` steps: questions only, so no MSE) is shaded grey, a final stage
+    (from step ``final_start``, ``micro.train.FinalStage``) green. Right: the periodic
     evaluations of the EMA weights (``"evals"``: records with a ``"step"``). The title adds the autoencoder's
     quality and the training time when the log has them.
     """
@@ -257,8 +258,15 @@ def plot_micro_log(log: dict, fontsize: float = 12, title: str | None = None, wi
         if align:
             ax.axvspan(0, align, color="#999", alpha=0.15, lw=0)
             ax.axvline(align, color="#666", ls=":", lw=1.2)
+    final = log.get("final_start")
+    for ax in (a, b):
+        if _number(final):
+            ax.axvspan(final, steps[-1], color="#55a868", alpha=0.12, lw=0)
+            ax.axvline(final, color="#55a868", ls=":", lw=1.2)
     if align:
         a.plot([], [], color="#999", alpha=0.4, lw=8, label=f"alignment: questions only (steps 1–{align})")
+    if _number(final):
+        a.plot([], [], color="#55a868", alpha=0.3, lw=8, label=f"stage 3: pictures moved ≤ 1 px (from {final + 1})")
     a.set_yscale("log")
     a.yaxis.set_major_formatter(FuncFormatter(_log_label))
     a.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: _log_label(v) if _mantissa(v) in (2, 5) else ""))

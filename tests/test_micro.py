@@ -14,7 +14,7 @@ from bagel_lite.checkpoint import load_bagel
 from bagel_lite.micro.__main__ import main as micro_main
 from bagel_lite.micro.data import MicroSize, build_tokenizer, micro_config
 from bagel_lite.micro.evaluate import detect, evaluate_model
-from bagel_lite.micro.train import LONG, Resumable, TrainSettings, train
+from bagel_lite.micro.train import LONG, FinalStage, Resumable, TrainSettings, train
 from bagel_lite.micro.world import (
     EMPTY,
     all_scenes,
@@ -91,7 +91,8 @@ TINY = MicroSize(hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64, vit_
 
 def tiny_settings(**kw) -> TrainSettings:
     return TrainSettings(**{**dict(seed=4, size=TINY, ae_steps=3, ae_batch=2, align_steps=2, steps=3,
-                                   samples_per_step=4, eval_every=0, threads=1), **kw})
+                                   samples_per_step=4, eval_every=0, threads=1,
+                                   final=FinalStage(steps=2, warmup=1)), **kw})
 
 
 def test_training_is_deterministic_from_the_seed(tmp_path):
@@ -116,7 +117,18 @@ def test_the_quick_recipe_takes_the_shipped_autoencoder_frozen(tmp_path):
     assert (tmp_path / "q" / "ae.safetensors").read_bytes() == (micro.CHECKPOINT / "ae.safetensors").read_bytes()
 
 
-@pytest.mark.parametrize("stop_at", [2, 6])  # inside the autoencoder phase, inside BAGEL's
+def test_stage_3_starts_from_the_weights_stage_2_would_ship(tmp_path):
+    """A final stage of no steps writes exactly the file a recipe without one writes: stage 3 continues from
+    stage 2's EMA as stored (float16), not from the training weights."""
+    train(tmp_path / "two", tiny_settings(final=None), log=lambda *_: None)
+    train(tmp_path / "three", tiny_settings(final=FinalStage(steps=0)), log=lambda *_: None)
+    stats = train(tmp_path / "real", tiny_settings(), log=lambda *_: None)
+    two, three = ((tmp_path / n / "ema.safetensors").read_bytes() for n in ("two", "three"))
+    assert two == three and (tmp_path / "real" / "ema.safetensors").read_bytes() != two
+    assert stats["final_start"] == 5 and len(stats["loss"]["ce"]) == 7
+
+
+@pytest.mark.parametrize("stop_at", [2, 6, 9])  # inside the autoencoder phase, inside BAGEL's, inside stage 3
 def test_a_stopped_run_resumes_to_the_same_bytes(tmp_path, monkeypatch, stop_at):
     settings = tiny_settings(state_every_s=0.0)  # a state after every step
     train(tmp_path / "whole", settings, log=lambda *_: None)
@@ -161,7 +173,8 @@ def test_held_out_scenes_never_occur_in_training_batches(monkeypatch):
     real_render = data_module.render
     monkeypatch.setattr(data_module, "render", lambda scene: (used.append(scene), real_render(scene))[1])
     tok, _ = build_tokenizer()
-    maker = data_module.SampleMaker(tok, lambda scene: (used.append(scene), torch.zeros(16, 8, 8))[1])
+    maker = data_module.SampleMaker(tok, lambda scene: (used.append(scene), torch.zeros(16, 8, 8))[1],
+                                    question_shift=1)  # as stage 3 draws them
     rng = random.Random(0)
     for i in range(600):
         maker.sample(("t2i", "vqa", "edit")[i % 3], rng)
@@ -172,6 +185,19 @@ def test_held_out_scenes_never_occur_in_training_batches(monkeypatch):
     held_out = [s for s in all_scenes() if is_held_out(s)]
     for attribute in ("shape", "color", "position", "size"):  # every value occurs on both sides
         assert {getattr(s, attribute) for s in held_out} == {getattr(s, attribute) for s in all_scenes()[1:]}
+
+
+def test_a_shifted_question_picture_is_never_a_held_out_picture():
+    """Questions see their picture moved by up to 1 pixel (``question_shift``): no such picture of any training
+    scene equals, pixel for pixel, the picture of a held-out scene."""
+    from bagel_lite.micro.data import shifted
+
+    held_out = {render(s).tobytes() for s in all_scenes() if is_held_out(s)}
+    training = [s for s in all_scenes() if not is_held_out(s)]
+    moved = {shifted(render(s), dx, dy).tobytes() for s in training for dx in (-1, 0, 1) for dy in (-1, 0, 1)}
+    assert len(held_out) == 360 and len(moved) > 5 * len(training)  # many pictures no scene draws
+    assert not held_out & moved
+    assert held_out & {shifted(render(s), 2, -2).tobytes() for s in training}  # a 2-pixel shift would leak
 
 
 def test_evaluation_draws_balanced_held_out_sets(monkeypatch):

@@ -41,6 +41,22 @@ from .world import EMPTY, Scene, all_scenes, held_out_scene, training_scene
 
 
 @dataclass
+class FinalStage:
+    """Stage 3, after the mixed run: a short run of all three tasks that starts from the weights stage 2 would
+    ship (its EMA, stored as ``weights_dtype``) with a fresh optimiser, questions drawn more often, and every
+    question's picture moved by up to ``question_shift`` pixels (never onto a held-out picture). Without it the
+    ViT learns each training scene's exact pixels and misreads small shapes moved by 2 pixels."""
+
+    steps: int = 1500
+    lr: float = 3e-4
+    warmup: int = 50
+    ema: float = 0.99
+    task_weights: tuple[float, float, float] = (0.15, 0.55, 0.3)  # t2i, vqa, edit
+    question_shift: int = 1
+    seed_offset: int = 100  # its data and noise come from seed + seed_offset
+
+
+@dataclass
 class TrainSettings:
     seed: int = 0
     size: MicroSize = field(default_factory=MicroSize)
@@ -54,6 +70,7 @@ class TrainSettings:
     question_weights: dict = field(default_factory=lambda: dict(QUESTION_WEIGHTS))
     edit_weights: dict = field(default_factory=lambda: {"recolor": 1.5, "move": 1.0, "resize": 1.5, "remove": 0.5,
                                                         "add": 1.0})
+    question_shift: int = 0  # pixels a question's picture moves at random (SampleMaker)
     lr: float = 1e-3
     warmup: int = 200
     ema: float = 0.998
@@ -65,10 +82,12 @@ class TrainSettings:
     # True: take the shipped checkpoint's autoencoder, frozen, instead of training one first -- as BAGEL takes
     # FLUX's finished VAE. The quick recipe does, so its ten minutes all go to BAGEL itself.
     shipped_autoencoder: bool = False
+    final: FinalStage | None = field(default_factory=FinalStage)  # stage 3 (None: stop after stage 2)
 
 
 QUICK = TrainSettings(size=SMALL, shipped_autoencoder=True, ae_steps=0, align_steps=1000, steps=2000, lr=1.5e-3,
-                      warmup=100, ema=0.995, task_weights=(0.2, 0.35, 0.45), eval_every=0, weights_dtype="float32")
+                      warmup=100, ema=0.995, task_weights=(0.2, 0.35, 0.45), eval_every=0, weights_dtype="float32",
+                      final=None)
 LONG = TrainSettings()
 RECIPES = {"quick": QUICK, "long": LONG}
 
@@ -184,8 +203,10 @@ def _bagel_step(model, opt, params, seq, lr, s, gen) -> dict:
 
 
 def train_bagel(model: Bagel, tokenizer, special, table, ae_cfg, s: TrainSettings, log=print,
-                on_eval=None, state: dict | None = None, saver: Resumable | None = None, clock=None) -> tuple:
-    """Train with the packed recipe; returns (the EMA model, the training log)."""
+                on_eval=None, state: dict | None = None, saver: Resumable | None = None, clock=None,
+                phase: str = "bagel") -> tuple:
+    """Train with the packed recipe; returns (the EMA model, the training log). ``phase`` names the states
+    this run saves (stage 2: "bagel", stage 3: "final")."""
     index = {sc: i for i, sc in enumerate(ALL_SCENES)}
     means, stds = table
     gen, rng = torch.Generator().manual_seed(s.seed + 1), random.Random(s.seed + 2)
@@ -195,7 +216,8 @@ def train_bagel(model: Bagel, tokenizer, special, table, ae_cfg, s: TrainSetting
         z = means[i] + stds[i] * torch.randn(means[i].shape, generator=gen)  # a fresh posterior sample
         return ae_cfg.scale_factor * (z - ae_cfg.shift_factor)
 
-    maker = SampleMaker(tokenizer, latent_of, question_weights=s.question_weights, edit_weights=s.edit_weights)
+    maker = SampleMaker(tokenizer, latent_of, question_weights=s.question_weights, edit_weights=s.edit_weights,
+                        question_shift=s.question_shift)
     ema = ema_copy(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
@@ -228,7 +250,7 @@ def train_bagel(model: Bagel, tokenizer, special, table, ae_cfg, s: TrainSetting
             log(f"step {step + 1}: " + "  ".join(f"{k} {v:.2f}" for k, v in history["evals"][-1].items()
                                                   if k != "step"))
         if saver is not None:
-            saver.maybe_save(lambda step=step: {"phase": "bagel", "step": step + 1, "model": model.state_dict(),
+            saver.maybe_save(lambda step=step: {"phase": phase, "step": step + 1, "model": model.state_dict(),
                                                 "ema": ema.state_dict(), "opt": opt.state_dict(),
                                                 "rng": rng.getstate(), "gen": gen.get_state(),
                                                 "history": history, "elapsed": clock()},
@@ -294,12 +316,9 @@ def _train(out: Path, s: TrainSettings, log, state_path: Path | None) -> dict:
     set_scale_and_shift(ae, table[0])
     for p in ae.parameters():
         p.requires_grad_(False)
-    ae_final = ae.state_dict()
-    bagel_state = state if state is not None and state["phase"] == "bagel" else None
-    saver_bagel = _WithAutoencoder(saver, ae_final, ae_stats)
-    ema, history = train_bagel(model, tokenizer, special, table, ae.config, s, log,
-                               _quick_eval(ae, tokenizer, special) if s.eval_every else None, bagel_state,
-                               saver_bagel, clock)
+    on_eval = _quick_eval(ae, tokenizer, special) if s.eval_every else None
+    ema, history = _bagel_stages(model, tokenizer, special, table, ae.config, s, log, on_eval, state,
+                                 _WithExtra(saver, {"ae_final": ae.state_dict(), "ae_stats": ae_stats}), clock)
     seconds = clock()
     log(f"trained in {seconds:.0f} s")
     if s.weights_dtype != "float32":
@@ -309,7 +328,7 @@ def _train(out: Path, s: TrainSettings, log, state_path: Path | None) -> dict:
         reconstruction_error(ae), 3), "ae_rec_loss": ae_stats["ae_rec_loss"], "settings": asdict(s),
         "ae_curve": ae_stats["ae_curve"], "ae_psnr": ae_stats["ae_psnr"],
         "ae_attribute_acc": ae_stats["ae_attribute_acc"], "loss": {"ce": history["ce"], "mse": history["mse"]},
-        "align_steps": s.align_steps, "evals": history["evals"]}
+        "align_steps": s.align_steps, "final_start": history.get("final_start"), "evals": history["evals"]}
     (out / "train_log.json").write_text(json.dumps(stats, default=str, separators=(",", ":")))
     return stats
 
@@ -330,14 +349,47 @@ def _autoencoder(ae: AutoEncoder, s: TrainSettings, state: dict | None, saver: R
     return ae_stats
 
 
-class _WithAutoencoder:
-    """A ``Resumable`` whose BAGEL-phase states also carry the finished autoencoder."""
+def _bagel_stages(model, tokenizer, special, table, ae_cfg, s: TrainSettings, log, on_eval, state: dict | None,
+                  saver, clock) -> tuple:
+    """Stage 2 (alignment, then mixed) and, if the recipe has one, stage 3 (``FinalStage``) from the weights
+    stage 2 would ship. Returns (the EMA model, the log of both stages, stage 3 starting at ``final_start``)."""
+    phase = state["phase"] if state is not None else None
+    if phase == "final":  # stage 2 had finished when the state was saved
+        history = state["stage2"]
+    else:
+        ema, history = train_bagel(model, tokenizer, special, table, ae_cfg, s, log, on_eval,
+                                   state if phase == "bagel" else None, saver, clock)
+    f = s.final
+    if f is None:
+        return ema, history
+    if phase != "final":  # the training model (its frozen tables stay frozen) takes the weights as stored
+        dtype = getattr(torch, s.weights_dtype)
+        model.load_state_dict({k: v.to(dtype).float() for k, v in ema.state_dict().items()})
+        log(f"stage 3: {f.steps} steps from the stored weights, question pictures moved by up to "
+            f"{f.question_shift} px")
+    ema, final = train_bagel(model, tokenizer, special, table, ae_cfg, final_settings(s), log, on_eval,
+                             state if phase == "final" else None, _WithExtra(saver, {"stage2": history}), clock,
+                             phase="final")
+    start = len(history["ce"])
+    return ema, {"ce": history["ce"] + final["ce"], "mse": history["mse"] + final["mse"], "final_start": start,
+                 "evals": history["evals"] + [{**e, "step": e["step"] + start} for e in final["evals"]]}
 
-    def __init__(self, saver: Resumable, ae_final: dict, ae_stats: dict):
-        self.saver, self.extra = saver, {"ae_final": ae_final, "ae_stats": ae_stats}
+
+def final_settings(s: TrainSettings) -> TrainSettings:
+    """The settings ``train_bagel`` runs stage 3 with: ``s`` with ``s.final``'s numbers, no alignment."""
+    f = s.final
+    return replace(s, seed=s.seed + f.seed_offset, align_steps=0, steps=f.steps, lr=f.lr, warmup=f.warmup,
+                   ema=f.ema, task_weights=f.task_weights, question_shift=f.question_shift, final=None)
+
+
+class _WithExtra:
+    """A ``Resumable`` whose states also carry ``extra`` (the finished autoencoder, stage 2's log)."""
+
+    def __init__(self, saver, extra: dict):
+        self.saver, self.extra = saver, extra
 
     def maybe_save(self, make_state, force: bool = False):
         self.saver.maybe_save(lambda: {**make_state(), **self.extra}, force)
 
 
-__all__ = ["LONG", "QUICK", "RECIPES", "TrainSettings", "train", "train_autoencoder", "train_bagel"]
+__all__ = ["FinalStage", "LONG", "QUICK", "RECIPES", "TrainSettings", "train", "train_autoencoder", "train_bagel"]
