@@ -81,6 +81,15 @@ class Bagel(nn.Module):
         cos, sin = rope_cos_sin(position_ids, llm.head_dim, llm.rope_theta, x.dtype)  # (B, L, head_dim)
         return self.language_model.model(x, gen_mask, cos, sin, allowed, past)
 
+    def compile_decoder(self, dynamic: bool = True) -> Bagel:
+        """Optional compiled mode: ``torch.compile`` the MoT decoder stack in place, with dynamic shapes so that a
+        growing context does not recompile at every token. The first calls of each kind (reading a prompt,
+        writing a token, a denoising step) compile — tens of seconds on a CPU, which needs a C++ compiler —
+        and later ones skip most of the per-operation Python work. The numbers are the eager ones up to
+        rounding; ``benchmarks/vs_official.py --compiled`` measures the gain and the compile time."""
+        self.language_model.model.compile(dynamic=dynamic)
+        return self
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Understanding hidden states (..., D) -> next-token logits (..., vocab)."""
         return self.language_model.lm_head(hidden)

@@ -28,7 +28,12 @@ WORKLOADS = {
                     prompt="make the circle blue", settings=EDIT),
     "und": dict(kind="und", label="understanding after one 224x224 image, greedy, tokens/s",
                 prompt="What is in the image?", max_tokens=64),
-    # not run by default: how cost grows with the image side
+    # not run by default: how cost grows with the context (the image's 256 ViT tokens + a question of 8 tokens
+    # repeated) and with the image side
+    "und1k": dict(kind="und", label="understanding, context ~1,000 tokens (image + 768-token question)",
+                  prompt="What is in the image? " * 96, max_tokens=64),
+    "und3k": dict(kind="und", label="understanding, context ~3,000 tokens (image + 2,816-token question)",
+                  prompt="What is in the image? " * 352, max_tokens=64),
     "t2i1024": dict(kind="t2i", label="text-to-image 1024x1024, 50 steps, official t2i defaults",
                     prompt="a red circle on the left", shape=(1024, 1024), settings=T2I),
 }
@@ -90,9 +95,9 @@ def peak_rss_mib() -> float:
 
 def measure(call, warmup: int, repeat: int):
     """``call()`` returns ((wall, cpu) seconds of the timed phase, tokens or None, sanity dict). Warm-up runs
-    are dropped. Returns wall times, CPU times, tokens, sanity of the first timed run."""
-    for _ in range(warmup):
-        call()
+    are not counted (their wall times come back apart: a compiled side compiles in them). Returns wall times,
+    CPU times, tokens, sanity of the first timed run, warm-up wall times."""
+    warm = [timed(call)[0][0] for _ in range(warmup)]
     times, cpu_times, tokens, sanity = [], [], None, None
     for _ in range(repeat):
         (wall, cpu), n, info = call()
@@ -100,7 +105,7 @@ def measure(call, warmup: int, repeat: int):
         cpu_times.append(cpu)
         tokens = n if tokens is None else tokens
         sanity = info if sanity is None else sanity
-    return times, cpu_times, tokens, sanity
+    return times, cpu_times, tokens, sanity, warm
 
 
 def timed(fn):
@@ -112,9 +117,10 @@ def timed(fn):
 
 
 def report(side: str, workload: str, times, cpu_times, tokens, load_s: float, rss_loaded: float,
-           extra: dict | None = None):
+           extra: dict | None = None, warmup_times=()):
     """The worker's result: one JSON line on stdout, last."""
     print(json.dumps(dict(side=side, workload=workload, times=[round(t, 5) for t in times],
+                          warmup_times=[round(t, 3) for t in warmup_times],
                           cpu_times=[round(t, 5) for t in cpu_times], tokens=tokens,
                           load_s=round(load_s, 3), rss_after_load_mib=round(rss_loaded, 1),
                           peak_rss_mib=round(peak_rss_mib(), 1), threads=int(os.environ.get("OMP_NUM_THREADS", 0)),
@@ -156,6 +162,7 @@ def worker_parser():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dump", type=Path, help="save the sanity outputs (latents / text ids) here (torch.save)")
     ap.add_argument("--profile", type=Path, help="profile one run into this folder instead of timing")
+    ap.add_argument("--compiled", action="store_true", help="bagel_lite only: its optional compiled mode")
     return ap
 
 
@@ -174,7 +181,7 @@ def run_worker(side: str, args, load, make_call, extra) -> None:
             call()
             profile(call, args.profile, side, args.workload)
             return
-        times, cpu_times, tokens, sanity = measure(call, args.warmup, args.repeat)
+        times, cpu_times, tokens, sanity, warm = measure(call, args.warmup, args.repeat)
     if args.dump:
         torch.save(sanity, args.dump)
-    report(side, args.workload, times, cpu_times, tokens, load_s, rss_loaded, extra())
+    report(side, args.workload, times, cpu_times, tokens, load_s, rss_loaded, extra(), warm)

@@ -64,6 +64,8 @@ def run_worker(side: str, workload: str, args, dump: Path | None = None, profile
         cmd += ["--dump", str(dump)]
     if profile:
         cmd += ["--profile", str(profile)]
+    if side == "lite" and args.compiled:
+        cmd += ["--compiled"]
     env = worker_env(None if side == "official" else args.lite_src)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode:
@@ -97,6 +99,7 @@ def summarise(workload: str, results: list[dict]) -> dict:
     for side in ("official", "lite"):
         rows = [r for r in results if r["side"] == side]
         out[side] = {"tokens": rows[0]["tokens"], "peak_rss_mib": max(r["peak_rss_mib"] for r in rows),
+                     "first_call_s": max(r["warmup_times"][0] for r in rows) if rows[0]["warmup_times"] else None,
                      "run_rss_mib": max(r["peak_rss_mib"] - r["rss_after_load_mib"] for r in rows),
                      "load_s": min(r["load_s"] for r in rows)}
         for clock, key in (("wall", "times"), ("cpu", "cpu_times")):
@@ -137,7 +140,7 @@ def print_table(summary: dict, args, sanity: dict, lite_package: str):
           f"float32, golden tiny checkpoint; {args.rounds} alternating rounds, each process: load, "
           f"{args.warmup} warm-up, best of {args.repeat}")
     print(f"official code: {args.official} ({revision(args.official)}); bagel_lite: {lite_package} "
-          f"({revision(args.lite_src)})")
+          f"({revision(args.lite_src)})" + (", compiled mode (Bagel.compile_decoder)" if args.compiled else ""))
     print("official side stand-ins (exact; they do not change the measured work):")
     for line in common.STAND_INS:
         print(f"  - {line}")
@@ -168,6 +171,9 @@ def print_table(summary: dict, args, sanity: dict, lite_package: str):
           "after loading), official / bagel_lite.")
     for w, (ok, what) in sanity.items():
         print(f"same work, {w}: {'yes' if ok else 'NO'} ({what})")
+    if args.compiled:
+        print("bagel_lite's first (warm-up) call, which compiles, slowest over the rounds: " + ", ".join(
+            f"{w} {s['lite']['first_call_s']:.1f} s" for w, s in summary.items() if s["lite"]["first_call_s"]))
 
 
 def main():
@@ -185,12 +191,16 @@ def main():
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per process (best counts)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--profile", type=Path, help="write profiles of one run per side and workload here instead")
+    ap.add_argument("--compiled", action="store_true",
+                    help="run bagel_lite in its compiled mode (torch.compile of the decoder; the warm-up compiles)")
     args = ap.parse_args()
     if not args.official or not (args.official / "inferencer.py").is_file():
         ap.error("--official must name a checkout of ByteDance-Seed/Bagel (it holds inferencer.py)")
     if not args.official_python:
         ap.error("--official-python is required: a Python that can import the official code")
     args.official = args.official.resolve()
+    if args.compiled and args.warmup < 1:
+        ap.error("--compiled needs --warmup of at least 1: the first call compiles")
 
     if args.profile:
         for w in args.workloads:
@@ -218,7 +228,8 @@ def main():
     summary = {w: summarise(w, rs) for w, rs in results.items()}
     print_table(summary, args, sanity, results[args.workloads[0]][-1].get("package", "?"))
     print(json.dumps({
-        "threads": 1, "dtype": "float32", "rounds": args.rounds, "repeat": args.repeat, "warmup": args.warmup,
+        "threads": 1, "dtype": "float32", "compiled": args.compiled, "rounds": args.rounds, "repeat": args.repeat,
+        "warmup": args.warmup,
         "same_work": {w: ok for w, (ok, _) in sanity.items()},
         "workloads": {w: {
             "ratio": round(s["wall"]["ratio"], 3), "round_ratios": [round(x, 3) for x in s["wall"]["round_ratios"]],
@@ -231,6 +242,7 @@ def main():
             **({f"{side}_tokens_per_s": round(s[side]["wall"]["tokens_per_s"], 1) for side in ("official", "lite")}
                if s["und"] else {}),
             **{f"{side}_peak_rss_mib": s[side]["peak_rss_mib"] for side in ("official", "lite")},
+            "lite_first_call_s": s["lite"]["first_call_s"],
         } for w, s in summary.items()},
     }))
     if not all(ok for ok, _ in sanity.values()):

@@ -7,6 +7,8 @@ within the stated tolerance, uint8 pixels within 1.
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -24,15 +26,17 @@ SETTING_NAMES = ("cfg_text_scale", "cfg_img_scale", "cfg_interval", "cfg_renorm_
                  "num_timesteps", "timestep_shift")
 
 
+def golden_pipeline(golden, b) -> Pipeline:
+    """A pipeline over the loaded golden checkpoint ``b`` with the golden image transforms."""
+    t = golden["image_transforms"]
+    keys = ("max_image_size", "min_image_size", "image_stride")
+    return Pipeline(b.model, b.ae, b.tokenizer, b.special, vae_transform=ImageTransform(*(t["vae"][k] for k in keys)),
+                    vit_transform=ImageTransform(*(t["vit"][k] for k in keys)))
+
+
 @pytest.fixture(scope="module")
 def pipe(golden, golden_bagel):
-    t = golden["image_transforms"]
-    b = golden_bagel
-    return Pipeline(b.model, b.ae, b.tokenizer, b.special,
-                    vae_transform=ImageTransform(*(t["vae"][k] for k in ("max_image_size", "min_image_size",
-                                                                          "image_stride"))),
-                    vit_transform=ImageTransform(*(t["vit"][k] for k in ("max_image_size", "min_image_size",
-                                                                          "image_stride"))))
+    return golden_pipeline(golden, golden_bagel)
 
 
 def case_items(case):
@@ -80,3 +84,21 @@ def test_golden_case(name, golden, pipe):
     pixels = torch.from_numpy(np.array(result.outputs[-1])).int()
     diff = (pixels - ref["image_uint8"].int()).abs()
     assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01, "more than a few pixels differ"
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("cc") is None,
+                    reason="torch.compile on the CPU needs a C compiler")
+def test_compiled_mode_writes_the_golden_text(golden):
+    """``Bagel.compile_decoder`` (the optional compiled mode) changes speed, not answers: the understanding cases
+    come out with the official text ids. (Image cases compile another minute; the benchmark checks them.)"""
+    from bagel_lite.checkpoint import load_bagel
+
+    b = load_bagel(GOLDEN / "tiny_ckpt")  # its own copy: compiling is in place
+    b.model.compile_decoder()
+    compiled = golden_pipeline(golden, b)
+    names = [n for n, c in golden["cases"].items() if c.get("settings", {}).get("understanding_output")]
+    assert names
+    for name in names:
+        ref = load_file(GOLDEN / "cases" / f"{name}.safetensors")
+        result, _ = run_case(compiled, golden["cases"][name], ref)
+        assert result.text_ids == ref["text_ids"].tolist(), name
