@@ -226,7 +226,8 @@ def main():
                 if dumps:
                     sanity[w] = check_same_work(w, dumps)
     summary = {w: summarise(w, rs) for w, rs in results.items()}
-    print_table(summary, args, sanity, results[args.workloads[0]][-1].get("package", "?"))
+    print_table(summary, args, sanity, next((r.get("package", "?") for r in results[args.workloads[0]]
+                                             if r["side"] == "lite"), "?"))
     print(json.dumps({
         "threads": 1, "dtype": "float32", "compiled": args.compiled, "rounds": args.rounds, "repeat": args.repeat,
         "warmup": args.warmup,
