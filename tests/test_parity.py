@@ -376,3 +376,15 @@ def test_tokenizer_matches_qwen2_tokenizer(tmp_path):
         for text in TEXTS:
             assert ours.encode(text) == ref.encode(text), f"{cls.__name__}: {text!r}"
             assert ours.decode(ours.encode(text)) == text
+
+
+def test_swish_is_fused_only_for_the_channels_last_layout():
+    """``encode`` / ``decode`` run channels-last on the CPU and take ``F.silu``; the layout the micro trainer uses
+    keeps ``x * sigmoid(x)`` bit for bit (the bits that trained the shipped micro autoencoder). Both are SiLU."""
+    from bagel_lite.autoencoder import fast_layout, swish
+
+    x = torch.randn(2, 8, 16, 16) * 4
+    assert torch.equal(swish(x), x * torch.sigmoid(x))
+    fused = swish(fast_layout(x))
+    assert torch.equal(fused, torch.nn.functional.silu(fast_layout(x)))
+    torch.testing.assert_close(fused, x * torch.sigmoid(x), atol=1e-6, rtol=1e-6)
