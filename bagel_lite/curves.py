@@ -231,6 +231,18 @@ def _draw_micro_evals(b, names: list[str], evals: list[dict], steps: list[int], 
     b.grid(alpha=0.3)
 
 
+def _shade_stages(axes, align: int, final, last: int) -> None:
+    """Shade the alignment phase (grey) and the final stage (green) on every axis; legend entries on the first."""
+    spans = [(0, align, "#999", f"alignment: questions only (steps 1–{align})")] if align else []
+    if _number(final):
+        spans.append((final, last, "#55a868", f"stage 3: pictures moved ≤ 1 px (from {final + 1})"))
+    for start, end, color, label in spans:
+        for ax in axes:
+            ax.axvspan(start, end, color=color, alpha=0.13, lw=0)
+            ax.axvline(end if start == 0 else start, color=color, ls=":", lw=1.2)
+        axes[0].plot([], [], color=color, alpha=0.35, lw=8, label=label)
+
+
 def plot_micro_log(log: dict, fontsize: float = 12, title: str | None = None, window: int | None = None):
     """micro-BAGEL's training log (``python -m bagel_lite.micro train`` writes it) in two panels.
 
@@ -254,19 +266,7 @@ def plot_micro_log(log: dict, fontsize: float = 12, title: str | None = None, wi
         a.plot(steps[:len(values)], values, lw=0.6, alpha=0.25, color=color)
         a.plot(steps[:len(values)], smooth(values, window), lw=2.2, color=color,
                label=f"{name}, mean of {window}" if window > 1 else name)
-    for ax in (a, b):
-        if align:
-            ax.axvspan(0, align, color="#999", alpha=0.15, lw=0)
-            ax.axvline(align, color="#666", ls=":", lw=1.2)
-    final = log.get("final_start")
-    for ax in (a, b):
-        if _number(final):
-            ax.axvspan(final, steps[-1], color="#55a868", alpha=0.12, lw=0)
-            ax.axvline(final, color="#55a868", ls=":", lw=1.2)
-    if align:
-        a.plot([], [], color="#999", alpha=0.4, lw=8, label=f"alignment: questions only (steps 1–{align})")
-    if _number(final):
-        a.plot([], [], color="#55a868", alpha=0.3, lw=8, label=f"stage 3: pictures moved ≤ 1 px (from {final + 1})")
+    _shade_stages((a, b), align, log.get("final_start"), steps[-1] if steps else 1)
     a.set_yscale("log")
     a.yaxis.set_major_formatter(FuncFormatter(_log_label))
     a.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: _log_label(v) if _mantissa(v) in (2, 5) else ""))

@@ -231,10 +231,13 @@ def test_shipped_metrics_file_records_the_gates():
                 "ae_attribute_acc", "vqa_position_acc", "edit_recolor_success", "edit_resize_success"):
         assert key in metrics
     assert metrics["recipe"] == "long" and log["settings"]["steps"] == LONG.steps
-    # the whole run is in the log, for notebooks to plot without training
-    assert len(log["loss"]["ce"]) == len(log["loss"]["mse"]) == LONG.align_steps + LONG.steps
-    assert [e["step"] for e in log["evals"]] == list(range(LONG.eval_every, LONG.align_steps + LONG.steps + 1,
-                                                           LONG.eval_every))
+    # the whole run is in the log, for notebooks to plot without training: stage 2, then stage 3
+    stage2 = LONG.align_steps + LONG.steps
+    assert log["final_start"] == stage2 and log["settings"]["final"]["steps"] == LONG.final.steps
+    assert len(log["loss"]["ce"]) == len(log["loss"]["mse"]) == stage2 + LONG.final.steps
+    assert [e["step"] for e in log["evals"]] == (list(range(LONG.eval_every, stage2 + 1, LONG.eval_every))
+                                                 + list(range(stage2 + LONG.eval_every,
+                                                              stage2 + LONG.final.steps + 1, LONG.eval_every)))
 
 
 @pytest.mark.parametrize("kind", ["recolor", "move", "resize", "remove", "add"])
