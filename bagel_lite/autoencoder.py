@@ -21,9 +21,9 @@ from .config import AEConfig
 def swish(x: torch.Tensor) -> torch.Tensor:
     """x * sigmoid(x). A channels-last tensor (what ``fast_layout`` makes for ``encode`` / ``decode`` on the CPU)
     takes the fused kernel, ``F.silu`` (a 512x512 decode 0.96 s -> 0.80 s); the default layout, in which
-    micro-BAGEL's trainer calls the encoder and decoder, keeps the two-operation form whose bits trained the
-    shipped micro autoencoder, so that the long recipe reproduces it byte for byte (the two differ in the last
-    bits)."""
+    micro-BAGEL's trainer calls the encoder and decoder, keeps the two-operation form the shipped micro
+    autoencoder was trained with, so that the trainer computes the bits it computed then (the two forms differ in
+    the last bits; bits are the same only on the same kind of CPU)."""
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         return F.silu(x)
     return x * torch.sigmoid(x)

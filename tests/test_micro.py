@@ -128,6 +128,18 @@ def test_stage_3_starts_from_the_weights_stage_2_would_ship(tmp_path):
     assert stats["final_start"] == 5 and len(stats["loss"]["ce"]) == 7
 
 
+def test_stage_3_can_train_only_some_parameters(tmp_path):
+    """``FinalStage.trainable``: the named parameters change, every other one keeps stage 2's stored value."""
+    from safetensors.torch import load_file
+
+    train(tmp_path / "two", tiny_settings(final=FinalStage(steps=0)), log=lambda *_: None)
+    train(tmp_path / "vit", tiny_settings(final=FinalStage(steps=2, warmup=1, trainable=("vit_model",))),
+          log=lambda *_: None)
+    two, vit = (load_file(tmp_path / n / "ema.safetensors") for n in ("two", "vit"))
+    changed = {k for k in two if not torch.equal(two[k], vit[k])}
+    assert changed and all(k.startswith("vit_model") for k in changed)
+
+
 @pytest.mark.parametrize("stop_at", [2, 6, 9])  # inside the autoencoder phase, inside BAGEL's, inside stage 3
 def test_a_stopped_run_resumes_to_the_same_bytes(tmp_path, monkeypatch, stop_at):
     settings = tiny_settings(state_every_s=0.0)  # a state after every step

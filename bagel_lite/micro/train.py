@@ -50,10 +50,18 @@ class FinalStage:
     steps: int = 1500
     lr: float = 3e-4
     warmup: int = 50
-    ema: float = 0.99
-    task_weights: tuple[float, float, float] = (0.15, 0.55, 0.3)  # t2i, vqa, edit
+    ema: float = 0.995
+    task_weights: tuple[float, float, float] = (0.15, 0.45, 0.4)  # t2i, vqa, edit
     question_shift: int = 1
     seed_offset: int = 100  # its data and noise come from seed + seed_offset
+    trainable: tuple[str, ...] | None = None  # names (prefixes) of the parameters it trains; None: all
+
+
+def freeze_for_final(model: Bagel, f: FinalStage) -> None:
+    """Stage 3 trains only the parameters whose names start with ``f.trainable`` (all, if None)."""
+    for name, p in model.named_parameters():
+        if f.trainable is not None and not name.startswith(tuple(f.trainable)):
+            p.requires_grad_(False)
 
 
 @dataclass
@@ -367,6 +375,7 @@ def _bagel_stages(model, tokenizer, special, table, ae_cfg, s: TrainSettings, lo
         model.load_state_dict({k: v.to(dtype).float() for k, v in ema.state_dict().items()})
         log(f"stage 3: {f.steps} steps from the stored weights, question pictures moved by up to "
             f"{f.question_shift} px")
+    freeze_for_final(model, f)
     ema, final = train_bagel(model, tokenizer, special, table, ae_cfg, final_settings(s), log, on_eval,
                              state if phase == "final" else None, _WithExtra(saver, {"stage2": history}), clock,
                              phase="final")
@@ -392,4 +401,5 @@ class _WithExtra:
         self.saver.maybe_save(lambda: {**make_state(), **self.extra}, force)
 
 
-__all__ = ["FinalStage", "LONG", "QUICK", "RECIPES", "TrainSettings", "train", "train_autoencoder", "train_bagel"]
+__all__ = ["FinalStage", "LONG", "QUICK", "RECIPES", "TrainSettings", "final_settings", "freeze_for_final", "train",
+           "train_autoencoder", "train_bagel"]
