@@ -10,8 +10,10 @@
    with causal / full / noise splits, cross-entropy on answers, MSE on flow-matching velocities with
    logit-normal timesteps, condition dropout for CFG; both experts and the ViT train together; AdamW with
    warm-up, and an EMA of the weights which is what gets saved (``ema.safetensors``).
+4. Stage 3 (``FinalStage``, long recipe only): a short mixed run from the stored weights in which every
+   question's picture moves by up to a pixel, so that the ViT reads shapes, not each training scene's pixels.
 
-Two recipes share this code: ``LONG`` made the shipped checkpoint (about 90 minutes on 2 cores; it saves a
+Two recipes share this code: ``LONG`` made the shipped checkpoint (about 75 minutes on 2 cores; it saves a
 resumable state every few minutes, so a stopped run continues where it stopped, with the same bytes at the end),
 ``QUICK`` is what a learner runs (under 10 minutes). Neither ever sees a held-out scene (``world.is_held_out``).
 """
