@@ -140,6 +140,8 @@ def profile(call, out: Path, side: str, workload: str):
         (secs, _), _, _ = call()
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=60)
     (out / f"{side}_{workload}_torch.txt").write_text(f"wall {secs:.4f} s under torch.profiler\n{table}\n")
+    ops = {e.key: {"self_cpu_s": e.self_cpu_time_total / 1e6, "calls": e.count} for e in prof.key_averages()}
+    (out / f"{side}_{workload}_ops.json").write_text(json.dumps({"wall_s": secs, "ops": ops}))
     pr = cProfile.Profile()
     pr.enable()
     (secs, _), _, _ = call()

@@ -135,6 +135,34 @@ def revision(folder: Path) -> str:
     return (proc.stdout.strip() + (" + uncommitted changes" if dirty else "")) if proc.returncode == 0 else "?"
 
 
+# Kernels whose arithmetic is the same on both sides (attention over the same keys, the same linear layers) and
+# the autoencoder's convolutions (the same convolutions; bagel_lite runs them channels-last).
+SAME_ARITHMETIC = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::mm", "aten::addmm", "aten::bmm")
+CONVOLUTIONS = ("aten::mkldnn_convolution", "aten::_slow_conv2d_forward")
+
+
+def kernel_floor(profile_dir: Path, workloads) -> None:
+    """From the profiles: how fast bagel_lite could be at the arithmetic both sides do, if everything but the
+    large kernels (norms, activations, copies, Python) cost nothing. Prints one row per workload."""
+    print("\nkernel floor (self CPU time under torch.profiler, one run each; seconds):")
+    print("| workload | official total | bagel_lite total | attention + matmuls (official / bagel_lite) | "
+          "convolutions (official / bagel_lite) | floor: bagel_lite's kernels / official total | ratio now |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    floors = {}
+    for w in workloads:
+        side = {s: json.loads((profile_dir / f"{s}_{w}_ops.json").read_text())["ops"] for s in ("official", "lite")}
+        total = {s: sum(o["self_cpu_s"] for o in ops.values()) for s, ops in side.items()}
+        same = {s: sum(ops.get(k, {}).get("self_cpu_s", 0.0) for k in SAME_ARITHMETIC) for s, ops in side.items()}
+        conv = {s: sum(ops.get(k, {}).get("self_cpu_s", 0.0) for k in CONVOLUTIONS) for s, ops in side.items()}
+        floors[w] = (same["lite"] + conv["lite"]) / total["official"]
+        print(f"| {w} | {total['official']:.3f} | {total['lite']:.3f} | {same['official']:.3f} / {same['lite']:.3f} "
+              f"| {conv['official']:.3f} / {conv['lite']:.3f} | {floors[w]:.2f}x | "
+              f"{total['lite'] / total['official']:.2f}x |")
+    print("The floor is the ratio bagel_lite would reach if only these kernels cost time; the profiler's per-call "
+          "cost inflates the official total more (it makes more small calls), so the true floor is higher.")
+    print(json.dumps({"kernel_floor": {w: round(f, 3) for w, f in floors.items()}}))
+
+
 def print_table(summary: dict, args, sanity: dict, lite_package: str):
     print(f"bagel_lite vs official BAGEL on {platform.machine()} ({os.cpu_count()} cores visible), one thread, "
           f"float32, golden tiny checkpoint; {args.rounds} alternating rounds, each process: load, "
@@ -208,6 +236,7 @@ def main():
                 print(f"profiling {side} {w} ...", flush=True)
                 run_worker(side, w, args, profile=args.profile)
         print(f"profiles in {args.profile}")
+        kernel_floor(args.profile, args.workloads)
         return
 
     results = {w: [] for w in args.workloads}
