@@ -26,6 +26,7 @@ from bagel_lite.micro.world import (
     is_held_out,
     random_scene,
     render,
+    training_scene,
 )
 
 SHIPPED_SIZE_LIMIT = 25 * 1024 * 1024
@@ -201,16 +202,36 @@ def test_held_out_scenes_never_occur_in_training_batches(monkeypatch):
 
 
 def test_a_shifted_question_picture_is_never_a_held_out_picture():
-    """Questions see their picture moved by up to 1 pixel (``question_shift``): no such picture of any training
-    scene equals, pixel for pixel, the picture of a held-out scene."""
-    from bagel_lite.micro.data import shifted
+    """Questions see their picture moved by up to 1 or 2 pixels (``question_shift``): no move the sampler may
+    take turns a training scene's picture into a held-out scene's picture, pixel for pixel."""
+    from bagel_lite.micro.data import lands_on_held_out, question_move, shifted
 
     held_out = {render(s).tobytes() for s in all_scenes() if is_held_out(s)}
     training = [s for s in all_scenes() if not is_held_out(s)]
-    moved = {shifted(render(s), dx, dy).tobytes() for s in training for dx in (-1, 0, 1) for dy in (-1, 0, 1)}
-    assert len(held_out) == 360 and len(moved) > 5 * len(training)  # many pictures no scene draws
-    assert not held_out & moved
-    assert held_out & {shifted(render(s), 2, -2).tobytes() for s in training}  # a 2-pixel shift would leak
+    moves = [(dx, dy) for dx in range(-2, 3) for dy in range(-2, 3)]
+    allowed = {shifted(render(s), dx, dy).tobytes() for s in training for dx, dy in moves
+               if not lands_on_held_out(s, dx, dy)}
+    assert len(held_out) == 360 and len(allowed) > 9 * len(training)  # many pictures no scene draws
+    assert not held_out & allowed
+    assert held_out & {shifted(render(s), 2, -2).tobytes() for s in training}  # the moves left out would leak
+    assert all(not lands_on_held_out(s, dx, dy) for s in training for dx in (-1, 0, 1) for dy in (-1, 0, 1))
+    rng, drawn = random.Random(0), set()
+    for s in training[:300]:
+        move = question_move(s, 2, rng)
+        assert not lands_on_held_out(s, *move) and max(map(abs, move)) <= 2
+        drawn.add(move)
+    assert len(drawn) == 25  # every move of up to 2 pixels is drawn for some scene
+
+
+def test_a_one_pixel_question_move_draws_as_two_randints():
+    """``question_move`` with k = 1 never redraws, so stage 3 of the recipe that made the shipped v3 draws the
+    same samples as before the 2-pixel move existed."""
+    from bagel_lite.micro.data import question_move
+
+    a, b = random.Random(3), random.Random(3)
+    scenes = [training_scene(random.Random(i)) for i in range(200)]
+    assert [question_move(s, 1, a) for s in scenes] == [(b.randint(-1, 1), b.randint(-1, 1)) for _ in scenes]
+    assert question_move(scenes[0], 0, a) == (0, 0)
 
 
 def test_evaluation_draws_balanced_held_out_sets(monkeypatch):

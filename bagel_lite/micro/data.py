@@ -21,7 +21,19 @@ from ..config import AEConfig, BagelConfig, LLMConfig, ViTConfig
 from ..tokenizer import BOS, EOS, VISION_END, VISION_START, add_special_tokens
 from ..training import Text, VaeImage, VitImage
 from ..transforms import ImageTransform
-from .world import BACKGROUND, EDIT_KINDS, SIZE, caption, corpus, edit, question_answer, render, training_scene
+from .world import (
+    BACKGROUND,
+    EDIT_KINDS,
+    HELD_OUT_JITTER,
+    SIZE,
+    Scene,
+    caption,
+    corpus,
+    edit,
+    question_answer,
+    render,
+    training_scene,
+)
 
 
 @dataclass(frozen=True)
@@ -101,10 +113,9 @@ class SampleMaker:
     ``edit_weights`` favour the kinds that are slow to learn.
 
     ``question_shift`` > 0 moves the picture of a question by a random -shift..+shift pixels per axis
-    (white comes in at the edge). Without it the ViT learns each training scene's exact pixels: shape
-    questions reach 100 % on training scenes and stay near 50 % on held-out scenes shifted by 2 pixels.
-    A 1-pixel shift never draws a held-out picture (a held-out jitter is 2 pixels from every training one
-    on some axis); ``tests/test_micro.py`` checks that pixel for pixel.
+    (white comes in at the edge; ``question_move``). Without it the ViT learns each training scene's exact
+    pixels: shape questions reach 100 % on training scenes and stay near 50 % on held-out scenes shifted by 2
+    pixels. A move never draws a held-out picture; ``tests/test_micro.py`` checks that pixel for pixel.
     """
 
     def __init__(self, tokenizer, latent_of, transform: ImageTransform | None = None,
@@ -128,8 +139,7 @@ class SampleMaker:
     def vqa(self, rng: random.Random) -> list:
         scene = training_scene(rng)
         _, question, answer = question_answer(scene, rng, self.question_weights)
-        k = self.question_shift
-        shift = (rng.randint(-k, k), rng.randint(-k, k)) if k else (0, 0)
+        shift = question_move(scene, self.question_shift, rng)
         return [VitImage(self.pixels(scene, shift)), Text(self.ids(question)), Text(self.ids(answer), loss=True)]
 
     def edit(self, rng: random.Random) -> list:
@@ -140,6 +150,23 @@ class SampleMaker:
 
     def sample(self, task: str, rng: random.Random) -> list:
         return getattr(self, task)(rng)
+
+
+def lands_on_held_out(scene: Scene, dx: int, dy: int) -> bool:
+    """Whether ``scene``'s picture moved by (dx, dy) is a held-out scene's picture: the same shape drawn at the
+    same anchor with a held-out jitter (anchors are 16 pixels apart, so no other scene can be hit)."""
+    return not scene.empty and (scene.jitter[0] + dx, scene.jitter[1] + dy) in HELD_OUT_JITTER
+
+
+def question_move(scene: Scene, k: int, rng: random.Random) -> tuple[int, int]:
+    """A random move of up to ``k`` pixels per axis for a question's picture of ``scene``, drawn again while it
+    would land on a held-out picture. With ``k`` = 1 that never happens (a held-out jitter is 2 pixels from
+    every training one on some axis), so the draws are those of a plain ``randint`` pair."""
+    while k:
+        dx, dy = rng.randint(-k, k), rng.randint(-k, k)
+        if not lands_on_held_out(scene, dx, dy):
+            return dx, dy
+    return 0, 0
 
 
 def shifted(image: Image.Image, dx: int, dy: int) -> Image.Image:
