@@ -1,7 +1,7 @@
 """``python -m bagel_lite.micro train [--quick] [--out DIR] [--seed N]`` and
 ``python -m bagel_lite.micro evaluate [--folder DIR] [--seed S]``.
 
-``train`` runs the long recipe that made the shipped checkpoint (about 75 minutes on 2 cores; it saves a
+``train`` runs the long recipe that made the shipped checkpoint (about 78 minutes on 2 cores; it saves a
 resumable state every few minutes next to the output folder, and the same command continues a stopped run).
 ``train --quick`` is the learner's recipe: a smaller model in under 10 minutes, written to ./micro-bagel-quick.
 ``evaluate`` scores a folder on held-out scenes drawn with ``--seed`` (any seed gives a fresh set).
