@@ -231,11 +231,13 @@ def _draw_micro_evals(b, names: list[str], evals: list[dict], steps: list[int], 
     b.grid(alpha=0.3)
 
 
-def _shade_stages(axes, align: int, final, last: int) -> None:
-    """Shade the alignment phase (grey) and the final stage (green) on every axis; legend entries on the first."""
+def _shade_stages(axes, align: int, final, last: int, shift=None) -> None:
+    """Shade the alignment phase (grey) and the final stage (green) on every axis; legend entries on the first.
+    ``shift``: how far stage 3 moved question pictures (pixels), as the log's settings say."""
     spans = [(0, align, "#999", f"alignment: questions only (steps 1–{align})")] if align else []
     if _number(final):
-        spans.append((final, last, "#55a868", f"stage 3: pictures moved ≤ 1 px (from {final + 1})"))
+        moved = f"pictures moved ≤ {shift} px, " if _number(shift) and shift else ""
+        spans.append((final, last, "#55a868", f"stage 3: {moved}from step {final + 1}"))
     for start, end, color, label in spans:
         for ax in axes:
             ax.axvspan(start, end, color=color, alpha=0.13, lw=0)
@@ -266,10 +268,17 @@ def plot_micro_log(log: dict, fontsize: float = 12, title: str | None = None, wi
         a.plot(steps[:len(values)], values, lw=0.6, alpha=0.25, color=color)
         a.plot(steps[:len(values)], smooth(values, window), lw=2.2, color=color,
                label=f"{name}, mean of {window}" if window > 1 else name)
-    _shade_stages((a, b), align, log.get("final_start"), steps[-1] if steps else 1)
+    final_settings = (log.get("settings") or {}).get("final") or {}
+    _shade_stages((a, b), align, log.get("final_start"), steps[-1] if steps else 1,
+                  final_settings.get("question_shift") if isinstance(final_settings, dict) else None)
     a.set_yscale("log")
     a.yaxis.set_major_formatter(FuncFormatter(_log_label))
-    a.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: _log_label(v) if _mantissa(v) in (2, 5) else ""))
+    shown = [v for v in ce + mse if not math.isnan(v)]  # positive, or NaN (_positive)
+    decades = math.log10(max(shown) / min(shown)) if shown else 0
+    if decades <= 3:  # label 2 and 5 between the powers of ten only where there is room for them
+        a.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: _log_label(v) if _mantissa(v) in (2, 5) else ""))
+    else:
+        a.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     a.set(xlabel="step", ylabel="loss (log scale)")
     a.set_title("losses per step", fontsize=fontsize)
     a.legend(fontsize=fontsize * 0.8)
@@ -281,7 +290,7 @@ def plot_micro_log(log: dict, fontsize: float = 12, title: str | None = None, wi
     for ax in (a, b):
         ax.xaxis.label.set_size(fontsize)
         ax.yaxis.label.set_size(fontsize)
-        ax.tick_params(labelsize=fontsize * 0.85)
+        ax.tick_params(which="both", labelsize=fontsize * 0.85)
     facts = []
     if _number(log.get("ae_psnr")):
         facts.append(f"autoencoder PSNR {log['ae_psnr']:.1f} dB")

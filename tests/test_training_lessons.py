@@ -108,6 +108,19 @@ def test_plot_micro_log_draws_the_trainers_format():
     plt.close(fig)
 
 
+def test_plot_micro_log_says_how_far_its_stage_3_moved_pictures():
+    """The stage-3 legend reads the shift from the log's own settings (it said "1 px" whatever the log held)."""
+    log = micro_log()
+    stage3 = len(log["loss"]["ce"]) - 100
+    for shift, words in ((2, "pictures moved ≤ 2 px, from step"), (1, "pictures moved ≤ 1 px, from step"),
+                         (None, "stage 3: from step")):
+        settings = {"final": {"question_shift": shift}} if shift else {}
+        fig = plot_micro_log(dict(log, final_start=stage3, settings=settings))
+        labels = [line.get_label() for line in fig.axes[0].lines]
+        assert any(lab.startswith("stage 3") and words in lab and f"{stage3 + 1}" in lab for lab in labels), labels
+        plt.close(fig)
+
+
 def test_smooth_and_live_curves_outside_a_notebook():
     assert smooth([1.0, 3.0, math.nan, 5.0], 2) == [1.0, 2.0, 3.0, 5.0]
     live = LiveCurves(("ce", "mse"), guides={"ce": [(2.0, "guess")]})
