@@ -188,7 +188,7 @@ def test_held_out_scenes_never_occur_in_training_batches(monkeypatch):
     monkeypatch.setattr(data_module, "render", lambda scene: (used.append(scene), real_render(scene))[1])
     tok, _ = build_tokenizer()
     maker = data_module.SampleMaker(tok, lambda scene: (used.append(scene), torch.zeros(16, 8, 8))[1],
-                                    question_shift=1)  # as stage 3 draws them
+                                    question_shift=LONG.final.question_shift)  # as stage 3 draws them
     rng = random.Random(0)
     for i in range(600):
         maker.sample(("t2i", "vqa", "edit")[i % 3], rng)
