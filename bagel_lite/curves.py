@@ -268,17 +268,14 @@ def plot_micro_log(log: dict, fontsize: float = 12, title: str | None = None, wi
         a.plot(steps[:len(values)], values, lw=0.6, alpha=0.25, color=color)
         a.plot(steps[:len(values)], smooth(values, window), lw=2.2, color=color,
                label=f"{name}, mean of {window}" if window > 1 else name)
-    final_settings = (log.get("settings") or {}).get("final") or {}
+    final = (log.get("settings") or {}).get("final")  # stage 3's settings (a dict), if the log has them
     _shade_stages((a, b), align, log.get("final_start"), steps[-1] if steps else 1,
-                  final_settings.get("question_shift") if isinstance(final_settings, dict) else None)
+                  final.get("question_shift") if isinstance(final, dict) else None)
     a.set_yscale("log")
     a.yaxis.set_major_formatter(FuncFormatter(_log_label))
     shown = [v for v in ce + mse if not math.isnan(v)]  # positive, or NaN (_positive)
-    decades = math.log10(max(shown) / min(shown)) if shown else 0
-    if decades <= 3:  # label 2 and 5 between the powers of ten only where there is room for them
-        a.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: _log_label(v) if _mantissa(v) in (2, 5) else ""))
-    else:
-        a.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    roomy = not shown or max(shown) / min(shown) <= 1e3  # 2 and 5 between powers of ten fit on up to 3 decades
+    a.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: _log_label(v) if roomy and _mantissa(v) in (2, 5) else ""))
     a.set(xlabel="step", ylabel="loss (log scale)")
     a.set_title("losses per step", fontsize=fontsize)
     a.legend(fontsize=fontsize * 0.8)

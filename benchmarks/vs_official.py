@@ -143,6 +143,11 @@ SAME_ARITHMETIC = ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::m
 CONVOLUTIONS = ("aten::mkldnn_convolution", "aten::_slow_conv2d_forward")
 
 
+def seconds(ops: dict, names=None) -> float:
+    """Self CPU time of the named operators in a profile's ``ops`` table (all of them, if ``names`` is None)."""
+    return sum(o["self_cpu_s"] for k, o in ops.items() if names is None or k in names)
+
+
 def kernel_floor(profile_dir: Path, workloads) -> None:
     """From the profiles: how fast bagel_lite could be at the arithmetic both sides do, if everything but the
     large kernels (norms, activations, copies, Python) cost nothing. Prints one row per workload."""
@@ -150,9 +155,6 @@ def kernel_floor(profile_dir: Path, workloads) -> None:
     print("| workload | official total | bagel_lite total | attention + matmuls (official / bagel_lite) | "
           "convolutions (official / bagel_lite) | floor: bagel_lite's kernels / official total | ratio now |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    def seconds(ops: dict, names=None) -> float:  # self CPU time of the named operators (all, if None)
-        return sum(o["self_cpu_s"] for k, o in ops.items() if names is None or k in names)
-
     floors = {}
     for w in workloads:
         side = {s: json.loads((profile_dir / f"{s}_{w}_ops.json").read_text())["ops"] for s in ("official", "lite")}
