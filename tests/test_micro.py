@@ -93,7 +93,8 @@ TINY = MicroSize(hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64, vit_
 
 def tiny_settings(**kw) -> TrainSettings:
     return TrainSettings(**{**dict(seed=4, size=TINY, ae_steps=3, ae_batch=2, align_steps=2, steps=3,
-                                   samples_per_step=4, eval_every=0, threads=1,
+                                   samples_per_step=4, eval_every=0, threads=1, encode_block=1, scale_scenes=16,
+                                   ae_eval_scenes=8,
                                    final=FinalStage(steps=2, warmup=1)), **kw})
 
 
@@ -117,6 +118,18 @@ def test_the_quick_recipe_takes_the_shipped_autoencoder_frozen(tmp_path):
     stats = train(tmp_path / "q", settings, log=lambda *_: None)
     assert stats["ae_curve"] == [] and stats["ae_psnr"] > 30
     assert (tmp_path / "q" / "ae.safetensors").read_bytes() == (micro.CHECKPOINT / "ae.safetensors").read_bytes()
+    # its scale and shift are the shipped ones (measured when it was trained), not measured again
+    assert json.loads((tmp_path / "q" / "ae_config.json").read_text()) == \
+        json.loads((micro.CHECKPOINT / "ae_config.json").read_text())
+
+
+def test_a_short_run_encodes_only_the_scenes_it_uses(tmp_path):
+    """A tiny run asks the autoencoder for a few dozen of the world's 1,621 scenes, not all of them, and its log
+    says which CPU path its autoencoder took."""
+    lines = []
+    stats = train(tmp_path / "t", tiny_settings(), log=lines.append, bf16=False)
+    assert 0 < stats["scenes_encoded"] < 100, stats["scenes_encoded"]
+    assert stats["cpu_path"].startswith("float32") and any("float32" in line for line in lines)
 
 
 def test_stage_3_starts_from_the_weights_stage_2_would_ship(tmp_path):
@@ -250,9 +263,13 @@ def test_evaluation_draws_balanced_held_out_sets(monkeypatch):
 
 
 def test_evaluate_command_prints_a_json_line(capsys):
-    micro_main(["evaluate", "--quick"])
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    micro_main(["evaluate", "--quick", "--threads", "1"])
+    out, err = capsys.readouterr()
+    assert "on 1 thread(s)" in out.splitlines()[0]  # says how many threads it runs on, and why
+    assert "questions" in err  # progress bars while it works
+    last = out.strip().splitlines()[-1]
     metrics = json.loads(last)
+    assert metrics["evaluate_threads"] == 1
     for key in ("t2i_color_acc", "t2i_position_acc", "vqa_acc", "edit_success"):
         assert 0.0 <= metrics[key] <= 1.0
 

@@ -5,6 +5,11 @@
 resumable state every few minutes next to the output folder, and the same command continues a stopped run).
 ``train --quick`` is the learner's recipe: a smaller model in under 10 minutes, written to ./micro-bagel-quick.
 ``evaluate`` scores a folder on held-out scenes drawn with ``--seed`` (any seed gives a fresh set).
+
+Both say which CPU path they take and on how many threads. Training runs on one thread (its bits depend on
+the count); its autoencoder uses bf16 autocast only on CPUs with native bf16 (``BAGEL_LITE_CPU_BF16=0``/``1``
+forces float32 / bf16). Evaluation takes the cores other jobs leave free (``--threads N`` to choose): on a busy
+2-core machine two threads beside another job ran 40 times slower than one.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from ..optimization import cpu_threads
+from ..precision import choose_threads, cpu_path
 from . import CHECKPOINT, load
 from .evaluate import evaluate_model, metrics_table
 from .train import RECIPES, default_state_path, train
@@ -22,12 +29,18 @@ from .train import RECIPES, default_state_path, train
 QUICK_OUT = Path("micro-bagel-quick")
 
 
-def evaluate(folder: Path, seed: int, quick: bool) -> dict:
+def evaluate(folder: Path, seed: int, quick: bool, threads: int | None = None, progress: bool = True) -> dict:
+    """Score ``folder`` on held-out scenes (``quick``: a quarter of them), on ``threads`` CPU threads (default:
+    the cores other jobs leave free), with progress bars on stderr."""
+    n, why = choose_threads(threads)
+    print(f"evaluating {folder} on {n} thread(s): {why}", flush=True)
     start = time.time()
     scale = 4 if quick else 1
-    metrics = evaluate_model(load(folder), n_t2i=100 // scale, n_vqa=200 // scale, n_edit=100 // scale, seed=seed,
-                             n_ae=200 // scale, progress=False)
+    with cpu_threads(n):
+        metrics = evaluate_model(load(folder), n_t2i=100 // scale, n_vqa=200 // scale, n_edit=100 // scale,
+                                 seed=seed, n_ae=200 // scale, progress=progress)
     metrics["evaluate_seconds"] = round(time.time() - start, 1)
+    metrics["evaluate_threads"] = n
     return metrics
 
 
@@ -43,24 +56,29 @@ def main(argv=None):
     t.add_argument("--state", type=Path, default=None,
                    help="resumable state file (default: .<out>.train_state.pt beside the output folder)")
     t.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    t.add_argument("--threads", type=int, default=None,
+                   help="threads of the evaluation after training (training itself always runs on one)")
     e = sub.add_parser("evaluate", help="score a checkpoint on held-out scenes; ends with one JSON line")
     e.add_argument("--folder", type=Path, default=CHECKPOINT)
     e.add_argument("--seed", type=int, default=10_000, help="which held-out draw (any seed: a fresh set)")
     e.add_argument("--quick", action="store_true", help="a quarter of the samples (for smoke tests)")
+    e.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: the cores that other jobs leave free; 1 is steady on a busy machine)")
     args = ap.parse_args(argv)
 
     if args.command == "evaluate":
-        metrics = evaluate(args.folder, args.seed, args.quick)
+        metrics = evaluate(args.folder, args.seed, args.quick, args.threads)
     else:
         recipe = "quick" if args.quick else "long"
         out = args.out or (QUICK_OUT if args.quick else CHECKPOINT)
         settings = replace(RECIPES[recipe], seed=args.seed)
         stats = train(out, settings, state_path=args.state or default_state_path(out))
-        print(f"wrote {out} ({recipe} recipe) in {stats['train_seconds']:.0f} s of training")
+        print(f"wrote {out} ({recipe} recipe) in {stats['train_seconds']:.0f} s of training, autoencoder on the "
+              f"{stats['cpu_path']} path")
         if args.no_eval:
             return
-        metrics = evaluate(out, 10_000, quick=False)
-        metrics.update(recipe=recipe, train_seconds=stats["train_seconds"])
+        metrics = evaluate(out, 10_000, quick=False, threads=args.threads)
+        metrics.update(recipe=recipe, train_seconds=stats["train_seconds"], cpu_path=cpu_path().name)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(metrics_table(metrics))
     print(json.dumps(metrics))

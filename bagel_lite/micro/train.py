@@ -3,8 +3,9 @@
 1. ``train_autoencoder`` — a FLUX-family autoencoder (the same ``AutoEncoder`` code as the full model, width
    32) learns to reconstruct the world's images. Its scale and shift are then measured on the data, as
    FLUX's 0.3611 / 0.1159 were, so that the latents the LLM sees have zero mean and unit variance.
-2. The posterior (mean, log-variance) of every possible scene is computed once; a training sample draws a
-   fresh latent from it, as BAGEL encodes with a *sampled* posterior.
+2. The posterior (mean, log-variance) of a scene is computed once, the first time a sample needs it
+   (``PosteriorTable``); a training sample draws a fresh latent from it, as BAGEL encodes with a *sampled*
+   posterior.
 3. ``train_bagel`` — BAGEL's recipe at small scale: after a short alignment phase on questions about images
    (BAGEL's stage 1 trains the image-to-LLM path first), samples of the three tasks packed into one sequence
    with causal / full / noise splits, cross-entropy on answers, MSE on flow-matching velocities with
@@ -17,6 +18,10 @@
 Two recipes share this code: ``LONG`` made the shipped checkpoint (about 78 minutes on 2 cores; it saves a
 resumable state every few minutes, so a stopped run continues where it stopped, with the same bytes at the end),
 ``QUICK`` is what a learner runs (under 10 minutes). Neither ever sees a held-out scene (``world.is_held_out``).
+
+The autoencoder runs under bf16 autocast only where the CPU computes bf16 natively (``precision.cpu_path``);
+elsewhere in float32, which computes other bits: the shipped checkpoint was made on the bf16 path, and the long
+recipe reproduces it byte for byte only there. Every run's log says which path it took (``cpu_path``).
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ from tqdm.auto import tqdm
 
 from ..autoencoder import AutoEncoder
 from ..bagel import Bagel
-from ..checkpoint import load_autoencoder, save_bagel
+from ..checkpoint import load_autoencoder, read_config, save_bagel
 from ..ema import ema_copy, ema_decay, ema_update
 from ..optimization import cosine_lr, cpu_threads, optimizer_step, set_lr
+from ..precision import CpuPath, cpu_path
 from ..training import PackedSequence, packed_loss
 from . import CHECKPOINT
 from .data import QUESTION_WEIGHTS, SMALL, TASKS, MicroSize, SampleMaker, build_tokenizer, image_batch, micro_config
@@ -94,6 +100,11 @@ class TrainSettings:
     # FLUX's finished VAE. The quick recipe does, so its ten minutes all go to BAGEL itself.
     shipped_autoencoder: bool = False
     final: FinalStage | None = field(default_factory=FinalStage)  # stage 3 (None: stop after stage 2)
+    # The autoencoder encodes a scene the first time a sample needs it, with the rest of its block of this many
+    # scenes (fixed blocks of ALL_SCENES, so the bits never depend on which sample came first).
+    encode_block: int = 256
+    scale_scenes: int = 0  # scenes whose latents measure scale and shift (0: all 1,621; tests take a few)
+    ae_eval_scenes: int = 200  # held-out scenes that measure the autoencoder's quality (PSNR, attributes)
 
 
 QUICK = TrainSettings(size=SMALL, shipped_autoencoder=True, ae_steps=0, align_steps=1000, steps=2000, lr=1.5e-3,
@@ -101,10 +112,6 @@ QUICK = TrainSettings(size=SMALL, shipped_autoencoder=True, ae_steps=0, align_st
                       final=None)
 LONG = TrainSettings()
 RECIPES = {"quick": QUICK, "long": LONG}
-
-
-def _autocast():
-    return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 class Resumable:
@@ -130,10 +137,12 @@ class Resumable:
 # --- 1. the autoencoder -----------------------------------------------------------------------------------
 
 def train_autoencoder(ae: AutoEncoder, s: TrainSettings, state: dict | None = None,
-                      saver: Resumable | None = None, clock=None) -> dict:
+                      saver: Resumable | None = None, clock=None, path: CpuPath | None = None) -> dict:
     """Reconstruction (L1 + L2, object pixels weighted 5x so the small shapes are not drowned by the white
     background) plus a light KL term, on training scenes only. The log-variance head starts at -8 (posterior
-    std ~0.02): with a std near 1 the sampled latents would bury what the encoder knows."""
+    std ~0.02): with a std near 1 the sampled latents would bury what the encoder knows. ``path``: bf16
+    autocast or float32 (default: ``precision.cpu_path()``, bf16 only where the CPU has it natively)."""
+    path = path or cpu_path()
     rng, gen = random.Random(s.seed), torch.Generator().manual_seed(s.seed)
     z = ae.config.z_channels
     with torch.no_grad():
@@ -147,12 +156,13 @@ def train_autoencoder(ae: AutoEncoder, s: TrainSettings, state: dict | None = No
         gen.set_state(state["gen"])
         first, curve = state["step"], state["curve"]
     ae.train()
-    bar = tqdm(range(first, s.ae_steps), desc="autoencoder", initial=first, total=s.ae_steps, leave=False)
+    bar = tqdm(range(first, s.ae_steps), desc=f"autoencoder ({path.name})", initial=first, total=s.ae_steps,
+               leave=False)
     for step in bar:
         scenes = [training_scene(rng) if rng.random() > 0.05 else EMPTY for _ in range(s.ae_batch)]
         x = image_batch(scenes)  # (B, 3, 64, 64)
         set_lr(opt, cosine_lr(step, s.ae_steps, s.ae_lr, 50, 0.05))
-        with _autocast():
+        with path.autocast():
             mean, logvar = ae.encoder(x).float().chunk(2, dim=1)
             z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=gen)
             y = ae.decoder(z).float()
@@ -174,16 +184,51 @@ def train_autoencoder(ae: AutoEncoder, s: TrainSettings, state: dict | None = No
 ALL_SCENES = all_scenes()
 
 
-@torch.no_grad()
-def posterior_table(ae: AutoEncoder, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, std) of the raw posterior of every scene in ALL_SCENES: (S, 16, 8, 8) each."""
-    means, stds = [], []
-    for i in tqdm(range(0, len(ALL_SCENES), batch), desc="encoding the world", leave=False):
-        with _autocast():
-            mean, logvar = ae.encoder(image_batch(ALL_SCENES[i:i + batch])).float().chunk(2, dim=1)
-        means.append(mean)
-        stds.append(torch.exp(0.5 * logvar))
-    return torch.cat(means), torch.cat(stds)
+class PosteriorTable:
+    """(mean, std) of the raw posterior of each scene of ALL_SCENES, computed the first time it is asked for.
+
+    A scene is encoded together with the rest of its block (``ALL_SCENES[k * block:(k + 1) * block]``), so the
+    numbers never depend on the order in which samples ask: a resumed run reads the same bits, and with blocks of
+    256 the table equals the one the shipped recipe computed in one go. A short run encodes only the blocks its
+    samples touch (with ``block=1``, only its scenes)."""
+
+    def __init__(self, ae: AutoEncoder, block: int = 256, path: CpuPath | None = None):
+        if block < 1:
+            raise ValueError(f"encode_block must be at least 1, got {block}")
+        self.ae, self.block, self.path = ae, block, path or cpu_path()
+        self.index = {scene: i for i, scene in enumerate(ALL_SCENES)}
+        self.blocks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # block number -> (mean, std)
+
+    @property
+    def encoded(self) -> int:
+        """How many scenes have been encoded so far."""
+        return sum(len(mean) for mean, _ in self.blocks.values())
+
+    @torch.no_grad()
+    def _block(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if k not in self.blocks:
+            scenes = ALL_SCENES[k * self.block:(k + 1) * self.block]
+            with self.path.autocast():
+                mean, logvar = self.ae.encoder(image_batch(scenes)).float().chunk(2, dim=1)  # (B, z, 8, 8) each
+            self.blocks[k] = (mean, torch.exp(0.5 * logvar))
+        return self.blocks[k]
+
+    def __call__(self, scene: Scene) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of ``scene``'s posterior: (z, 8, 8) each."""
+        k, j = divmod(self.index[scene], self.block)
+        mean, std = self._block(k)
+        return mean[j], std[j]
+
+    def means(self, scenes: list[Scene]) -> torch.Tensor:
+        """The posterior means of ``scenes``: (len(scenes), z, 8, 8)."""
+        return torch.stack([self(scene)[0] for scene in scenes])
+
+
+def scale_scenes(n: int) -> list[Scene]:
+    """The scenes whose latents measure scale and shift: all of them (n = 0), else n spread evenly."""
+    if n <= 0 or n >= len(ALL_SCENES):
+        return ALL_SCENES
+    return [ALL_SCENES[round(i * (len(ALL_SCENES) - 1) / (n - 1))] for i in range(n)] if n > 1 else ALL_SCENES[:1]
 
 
 @torch.no_grad()
@@ -213,18 +258,16 @@ def _bagel_step(model, opt, params, seq, lr, s, gen) -> dict:
     return losses
 
 
-def train_bagel(model: Bagel, tokenizer, special, table, ae_cfg, s: TrainSettings, log=print,
+def train_bagel(model: Bagel, tokenizer, special, table: PosteriorTable, ae_cfg, s: TrainSettings, log=print,
                 on_eval=None, state: dict | None = None, saver: Resumable | None = None, clock=None,
                 phase: str = "bagel") -> tuple:
     """Train with the packed recipe; returns (the EMA model, the training log). ``phase`` names the states
     this run saves (stage 2: "bagel", stage 3: "final")."""
-    index = {sc: i for i, sc in enumerate(ALL_SCENES)}
-    means, stds = table
     gen, rng = torch.Generator().manual_seed(s.seed + 1), random.Random(s.seed + 2)
 
     def latent_of(scene: Scene) -> torch.Tensor:
-        i = index[scene]
-        z = means[i] + stds[i] * torch.randn(means[i].shape, generator=gen)  # a fresh posterior sample
+        mean, std = table(scene)
+        z = mean + std * torch.randn(mean.shape, generator=gen)  # a fresh posterior sample
         return ae_cfg.scale_factor * (z - ae_cfg.shift_factor)
 
     maker = SampleMaker(tokenizer, latent_of, question_weights=s.question_weights, edit_weights=s.edit_weights,
@@ -290,15 +333,17 @@ def default_state_path(out: Path) -> Path:
     return out.parent / f".{out.name}.train_state.pt"
 
 
-def train(out: Path, s: TrainSettings, log=print, state_path: Path | None = None) -> dict:
+def train(out: Path, s: TrainSettings, log=print, state_path: Path | None = None, bf16: bool | None = None) -> dict:
     """Train the autoencoder and micro-BAGEL from scratch (or resume from ``state_path``, which is written
     every ``s.state_every_s`` seconds); write an official-layout folder to ``out`` and its training log.
-    Runs on ``s.threads`` CPU threads and gives the process its old thread count back afterwards."""
+    Runs on ``s.threads`` CPU threads and gives the process its old thread count back afterwards. The
+    autoencoder runs under bf16 autocast if ``bf16`` (default: only where the CPU has native bf16 units,
+    ``precision.cpu_path``), else in float32; the log records which (``cpu_path``)."""
     with cpu_threads(s.threads):
-        return _train(out, s, log, state_path)
+        return _train(out, s, log, state_path, cpu_path(bf16))
 
 
-def _train(out: Path, s: TrainSettings, log, state_path: Path | None) -> dict:
+def _train(out: Path, s: TrainSettings, log, state_path: Path | None, path: CpuPath) -> dict:
     recipe = json.loads(json.dumps(asdict(s), default=str))  # what a state must have been made with
     saver = Resumable(state_path, s.state_every_s, recipe)
     state = saver.load()
@@ -322,9 +367,18 @@ def _train(out: Path, s: TrainSettings, log, state_path: Path | None) -> dict:
     log(f"micro-BAGEL: {sum(p.numel() for p in model.parameters()):,} parameters, autoencoder "
         f"{sum(p.numel() for p in ae.parameters()):,}" + (f"; resuming at {state['phase']} step {state['step']}"
                                                           if state else ""))
-    ae_stats = _autoencoder(ae, s, state, saver, clock, log)
-    table = posterior_table(ae)
-    set_scale_and_shift(ae, table[0])
+    log(f"autoencoder: {path}; training on {s.threads} thread(s)")
+    if state is not None and state.get("cpu_path", path.name) != path.name:
+        log(f"note: the state was saved on the {state['cpu_path']} path; this run continues on {path.name}, so its "
+            "bits will differ from a run that never stopped")
+    saver = _WithExtra(saver, {"cpu_path": path.name})
+    ae_stats = _autoencoder(ae, s, state, saver, clock, log, path)
+    table = PosteriorTable(ae, s.encode_block, path)
+    if s.shipped_autoencoder:  # its scale and shift were measured when it was trained
+        shipped = read_config(CHECKPOINT).vae
+        ae.config = replace(ae.config, scale_factor=shipped.scale_factor, shift_factor=shipped.shift_factor)
+    else:
+        set_scale_and_shift(ae, table.means(scale_scenes(s.scale_scenes)))
     for p in ae.parameters():
         p.requires_grad_(False)
     on_eval = _quick_eval(ae, tokenizer, special) if s.eval_every else None
@@ -335,16 +389,18 @@ def _train(out: Path, s: TrainSettings, log, state_path: Path | None) -> dict:
     if s.weights_dtype != "float32":
         ema = copy.deepcopy(ema).to(getattr(torch, s.weights_dtype))
     save_bagel(out, ema, ae, tokenizer)
-    stats = {"seed": s.seed, "train_seconds": round(seconds, 1), "ae_reconstruction_error": round(
-        reconstruction_error(ae), 3), "ae_rec_loss": ae_stats["ae_rec_loss"], "settings": asdict(s),
+    error = reconstruction_error(ae, min(64, s.ae_eval_scenes))
+    stats = {"seed": s.seed, "train_seconds": round(seconds, 1), "ae_reconstruction_error": round(error, 3),
+        "ae_rec_loss": ae_stats["ae_rec_loss"], "settings": asdict(s),
         "ae_curve": ae_stats["ae_curve"], "ae_psnr": ae_stats["ae_psnr"],
         "ae_attribute_acc": ae_stats["ae_attribute_acc"], "loss": {"ce": history["ce"], "mse": history["mse"]},
-        "align_steps": s.align_steps, "final_start": history.get("final_start"), "evals": history["evals"]}
+        "align_steps": s.align_steps, "final_start": history.get("final_start"), "evals": history["evals"],
+        "cpu_path": str(path), "scenes_encoded": table.encoded}
     (out / "train_log.json").write_text(json.dumps(stats, default=str, separators=(",", ":")))
     return stats
 
 
-def _autoencoder(ae: AutoEncoder, s: TrainSettings, state: dict | None, saver: Resumable, clock, log) -> dict:
+def _autoencoder(ae: AutoEncoder, s: TrainSettings, state: dict | None, saver, clock, log, path: CpuPath) -> dict:
     """Phase 1: train the autoencoder (or take the shipped one); its quality on held-out scenes."""
     if state is not None and state["phase"] != "ae":  # a state of phase 2 carries the finished autoencoder
         ae.load_state_dict(state["ae_final"])
@@ -353,8 +409,9 @@ def _autoencoder(ae: AutoEncoder, s: TrainSettings, state: dict | None, saver: R
         load_autoencoder(ae, CHECKPOINT)
         ae_stats, source = {"ae_rec_loss": None, "ae_curve": []}, "the shipped autoencoder"
     else:
-        ae_stats, source = train_autoencoder(ae, s, state, saver, clock), f"autoencoder after {clock():.0f} s"
-    ae_stats.update(autoencoder_quality(ae))
+        ae_stats = train_autoencoder(ae, s, state, saver, clock, path)
+        source = f"autoencoder after {clock():.0f} s"
+    ae_stats.update(autoencoder_quality(ae, s.ae_eval_scenes))
     log(f"{source}: PSNR {ae_stats['ae_psnr']} dB, every attribute read back right on "
         f"{ae_stats['ae_attribute_acc']:.1%} of held-out reconstructions")
     return ae_stats
@@ -404,5 +461,5 @@ class _WithExtra:
         self.saver.maybe_save(lambda: {**make_state(), **self.extra}, force)
 
 
-__all__ = ["FinalStage", "LONG", "QUICK", "RECIPES", "TrainSettings", "final_settings", "freeze_for_final", "train",
-           "train_autoencoder", "train_bagel"]
+__all__ = ["FinalStage", "LONG", "PosteriorTable", "QUICK", "RECIPES", "TrainSettings", "final_settings",
+           "freeze_for_final", "scale_scenes", "train", "train_autoencoder", "train_bagel"]
