@@ -20,9 +20,10 @@ $(VENV)/.installed: pyproject.toml $(PIP_CONSTRAINTS)
 	$(PY) -m pip install --quiet -c $(PIP_CONSTRAINTS) -e ".[dev]"
 	touch $@
 
-test: setup
+test: setup   # also installs Debian's chromium for the browser test when it is missing
+	bash scripts/ensure_chromium.sh
 	$(VENV)/bin/ruff check --no-cache bagel_lite tests benchmarks scripts conftest.py
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 workbook: setup
 	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)

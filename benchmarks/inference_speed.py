@@ -22,7 +22,7 @@ from PIL import Image
 import bagel_lite
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT = Path(os.environ.get("BAGEL_LITE_GOLDEN", ROOT.parent / "shared/reference/golden")) / "tiny_ckpt"
+DEFAULT = Path(os.environ.get("BAGEL_LITE_GOLDEN", ROOT / "tests/golden")) / "tiny_ckpt"
 
 
 def timed(fn, repeat=3):

@@ -5,7 +5,7 @@
 ``--official`` is a checkout of https://github.com/ByteDance-Seed/Bagel (imported at run time, never copied);
 ``--official-python`` is a Python whose environment can import it (torch, transformers 4.49, safetensors,
 accelerate, einops, opencv-python-headless, sentencepiece). Everything runs on the public golden tiny checkpoint
-(``../shared/reference/golden/tiny_ckpt`` or ``$BAGEL_LITE_GOLDEN``), float32, one thread.
+(``tests/golden/tiny_ckpt`` or ``$BAGEL_LITE_GOLDEN``), float32, one thread.
 
 Workloads (``benchmarks/_bench_common.py``): text-to-image 256x256 and 512x512 (50 steps, official t2i
 defaults: cfg_text 4, cfg_img 1, interval [0.4, 1], shift 3, global renorm), edit of a 224x224 image (official
@@ -41,7 +41,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import _bench_common as common  # noqa: E402
 
-GOLDEN = Path(os.environ.get("BAGEL_LITE_GOLDEN", ROOT.parent / "shared/reference/golden"))
+GOLDEN = Path(os.environ.get("BAGEL_LITE_GOLDEN", ROOT / "tests/golden"))
 LATENT_TOL = 2e-3  # the golden cases' tolerance on sampled latents
 
 

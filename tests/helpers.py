@@ -8,8 +8,10 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO.parent / "shared" / "reference"
-GOLDEN = Path(os.environ.get("BAGEL_LITE_GOLDEN", REFERENCE / "golden")).resolve()
+# The public golden set ships with the repository (tests/golden: a tiny official-format checkpoint and the official
+# code's outputs on it); BAGEL_LITE_GOLDEN points the same tests at another set of the same layout.
+GOLDEN = Path(os.environ.get("BAGEL_LITE_GOLDEN", REPO / "tests" / "golden")).resolve()
+REFERENCE = REPO / "tests" / "reference"  # every key and shape of BAGEL-7B-MoT and of FLUX's autoencoder
 
 
 def golden_cases() -> dict:
