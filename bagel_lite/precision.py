@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,23 +94,48 @@ def cpu_path(bf16: bool | None = None) -> CpuPath:
                           "bf16 would be emulated, many times slower")
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat (None where there is none)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(window_s: float = 0.5) -> float | None:
+    """How many cores other jobs keep busy now: measured over ``window_s`` while this process sleeps (Linux),
+    else the 1-minute load average (which also counts this process's own recent work); None if unknown."""
+    before = _cpu_times()
+    if before is not None:
+        time.sleep(window_s)
+        after = _cpu_times()
+        if after is not None and after[1] > before[1]:
+            cores = os.cpu_count() or 1
+            return cores * (after[0] - before[0]) / (after[1] - before[1])
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
 def choose_threads(requested: int | None = None) -> tuple[int, str]:
     """(threads, why) for a CPU run: ``requested`` if given; else this process's cores minus those other jobs
-    keep busy (the 1-minute load average), at least 1. With two threads on two cores beside another busy job,
-    OpenMP's spin-waits made an evaluation 40 times slower (3,991 s against 96 s); one thread kept it steady."""
+    keep busy, at least 1. With two threads on two cores beside another busy job, OpenMP's spin-waits made an
+    evaluation 40 times slower (3,991 s against 96 s); one thread kept it steady."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if requested is not None:
         if requested < 1:
             raise ValueError(f"threads must be at least 1, got {requested}")
         return requested, f"asked for ({cores} cores)"
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return cores, f"all {cores} cores (load unknown)"
-    free = max(1, min(cores, cores - round(load)))
+    busy = busy_cores()
+    if busy is None:
+        return cores, f"all {cores} cores (how busy they are is unknown)"
+    free = max(1, min(cores, cores - round(busy)))
     if free < cores:
-        return free, f"{cores} cores, load {load:.1f}: other jobs are running (--threads N to choose)"
-    return free, f"all {cores} cores, machine quiet (load {load:.1f})"
+        return free, f"{cores} cores, {busy:.1f} busy with other jobs (--threads N to choose)"
+    return free, f"all {cores} cores, machine quiet ({busy:.1f} busy)"
 
 
-__all__ = ["CpuPath", "ENV_BF16", "choose_threads", "cpu_bf16_units", "cpu_path"]
+__all__ = ["CpuPath", "ENV_BF16", "busy_cores", "choose_threads", "cpu_bf16_units", "cpu_path"]

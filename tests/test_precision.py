@@ -108,14 +108,37 @@ def test_scale_scenes_spread_over_the_world():
 
 
 def test_threads_leave_the_cores_other_jobs_use(monkeypatch):
+    import bagel_lite.precision as precision
+
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.1, 0.1))
+    monkeypatch.setattr(precision, "busy_cores", lambda: 0.1)
     assert choose_threads()[0] == 2
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))  # another job keeps one core busy
+    monkeypatch.setattr(precision, "busy_cores", lambda: 1.2)  # another job keeps one core busy
     n, why = choose_threads()
-    assert n == 1 and "other jobs" in why and "--threads" in why
-    monkeypatch.setattr(os, "getloadavg", lambda: (7.0, 7.0, 7.0))
+    assert n == 1 and "busy with other jobs" in why and "--threads" in why
+    monkeypatch.setattr(precision, "busy_cores", lambda: 7.0)
     assert choose_threads()[0] == 1  # never fewer than one
     assert choose_threads(3)[0] == 3 and "asked" in choose_threads(3)[1]
     with pytest.raises(ValueError, match="at least 1"):
         choose_threads(0)
+
+
+def test_busy_cores_sees_another_busy_process():
+    """A process spinning on one core shows up as about one busy core (the measuring process sleeps)."""
+    import subprocess
+    import sys
+
+    from bagel_lite.precision import busy_cores
+
+    quiet = busy_cores(0.3)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        busy = busy_cores(0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert quiet is not None and busy is not None
+    assert busy > quiet + 0.5 or busy > 0.8, (quiet, busy)
