@@ -93,14 +93,12 @@ class Upsample(nn.Module):
 class Level(nn.Module):
     """One resolution level: a list of ResNet blocks, then an optional resampling (key names of FLUX)."""
 
-    def __init__(self, channels_in: int, channels_out: int, num_blocks: int, resample: nn.Module | None, name: str):
+    def __init__(self, channels_in: int, channels_out: int, num_blocks: int):
         super().__init__()
         self.block = nn.ModuleList(
             ResnetBlock(channels_in if i == 0 else channels_out, channels_out) for i in range(num_blocks)
         )
         self.attn = nn.ModuleList()  # empty in FLUX, kept for the module tree
-        if resample is not None:
-            setattr(self, name, resample)
 
 
 class Mid(nn.Module):
@@ -123,8 +121,11 @@ class Encoder(nn.Module):
         channels = cfg.ch
         for i, width in enumerate(widths):
             last = i == len(widths) - 1
-            resample = None if last else Downsample(width)
-            self.down.append(Level(channels, width, cfg.num_res_blocks, resample, "downsample"))
+            resample = None if last else Downsample(width)  # made before the level's blocks (a seeded model's order)
+            level = Level(channels, width, cfg.num_res_blocks)
+            if resample is not None:
+                level.downsample = resample  # FLUX's key: encoder.down.{i}.downsample
+            self.down.append(level)
             channels = width
         self.mid = Mid(channels)
         self.norm_out = group_norm(channels)
@@ -150,8 +151,11 @@ class Decoder(nn.Module):
         self.mid = Mid(channels)
         levels = []
         for i in reversed(range(len(widths))):  # lowest resolution first; up.0 is the highest resolution
-            resample = Upsample(widths[i]) if i else None
-            levels.append(Level(channels, widths[i], cfg.num_res_blocks + 1, resample, "upsample"))
+            resample = Upsample(widths[i]) if i else None  # made before the level's blocks (a seeded model's order)
+            level = Level(channels, widths[i], cfg.num_res_blocks + 1)
+            if resample is not None:
+                level.upsample = resample  # FLUX's key: decoder.up.{i}.upsample
+            levels.append(level)
             channels = widths[i]
         self.up = nn.ModuleList(reversed(levels))
         self.norm_out = group_norm(channels)

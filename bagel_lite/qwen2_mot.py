@@ -111,13 +111,22 @@ class PackedAttentionMoT(nn.Module):
         super().__init__()
         d, hd = cfg.hidden_size, cfg.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, hd
-        for suffix in ("", "_moe_gen"):  # understanding expert, generation expert
-            setattr(self, f"q_proj{suffix}", nn.Linear(d, self.num_heads * hd))
-            setattr(self, f"k_proj{suffix}", nn.Linear(d, self.num_kv_heads * hd))
-            setattr(self, f"v_proj{suffix}", nn.Linear(d, self.num_kv_heads * hd))
-            setattr(self, f"o_proj{suffix}", nn.Linear(self.num_heads * hd, d, bias=False))
-            setattr(self, f"q_norm{suffix}", Qwen2RMSNorm(hd, cfg.rms_norm_eps))
-            setattr(self, f"k_norm{suffix}", Qwen2RMSNorm(hd, cfg.rms_norm_eps))
+        q_out, kv_out, eps = self.num_heads * hd, self.num_kv_heads * hd, cfg.rms_norm_eps
+        # the understanding expert: Qwen2.5's own projections (with biases on q, k, v) and BAGEL's QK-norms
+        self.q_proj = nn.Linear(d, q_out)
+        self.k_proj = nn.Linear(d, kv_out)
+        self.v_proj = nn.Linear(d, kv_out)
+        self.o_proj = nn.Linear(q_out, d, bias=False)
+        self.q_norm = Qwen2RMSNorm(hd, eps)  # over each head, before RoPE
+        self.k_norm = Qwen2RMSNorm(hd, eps)
+        # the generation expert: the same shapes again, for VAE latent tokens (built in this order, so that a
+        # seeded model gets the same initial weights as before)
+        self.q_proj_moe_gen = nn.Linear(d, q_out)
+        self.k_proj_moe_gen = nn.Linear(d, kv_out)
+        self.v_proj_moe_gen = nn.Linear(d, kv_out)
+        self.o_proj_moe_gen = nn.Linear(q_out, d, bias=False)
+        self.q_norm_moe_gen = Qwen2RMSNorm(hd, eps)
+        self.k_norm_moe_gen = Qwen2RMSNorm(hd, eps)
 
     def _heads(self, proj: nn.Linear, norm: nn.Module | None, heads: int):
         def fn(a):  # (..., hidden) -> (..., heads, head_dim), QK-normed if a norm is given

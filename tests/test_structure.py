@@ -116,3 +116,20 @@ def test_the_architecture_page_matches_the_code():
     found = module_map.rooms()
     missing = module_map.check(found, module_map.floors(found))
     assert not missing, "run `python scripts/module_map.py` and update docs/architecture.md:\n" + "\n".join(missing)
+
+
+def test_every_checkpoint_name_is_defined_literally():
+    """Each module name in the official keys (``q_proj_moe_gen``, ``mlp_moe_gen``, ``llm2vae``, ...) is assigned
+    by a line ``<object>.<name> = ...`` of the package, so that grep finds where it is made (no ``setattr``)."""
+    import re
+
+    from bagel_lite.checkpoint import build
+    from bagel_lite.config import tiny
+
+    model, ae = build(tiny(), device="meta")
+    source = "\n".join(p.read_text() for p in PACKAGE.rglob("*.py"))
+    defined = set(re.findall(r"\b\w+\.(\w+)\s*(?::[^=\n]+)?=(?!=)", source))
+    names = {part for key in [*model.state_dict(), *ae.state_dict()] for part in key.split(".")[:-1]
+             if not part.isdigit()}
+    assert "q_proj_moe_gen" in names
+    assert not names - defined, f"made without a literal assignment: {sorted(names - defined)}"
