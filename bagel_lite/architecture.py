@@ -257,7 +257,20 @@ def you_are_here(part: str, ax=None, fontsize: float = 10.5) -> None:
     ax.set_title(heading, fontsize=fontsize * 1.35, weight="bold", loc="left")
 
 
-if __name__ == "__main__":  # python -m bagel_lite.architecture figures/architecture.png
-    import sys
+def main(argv=None) -> None:
+    """``python -m bagel_lite.architecture [OUT.png]``: draw the map into a PNG file."""
+    import argparse
 
-    draw_map().savefig(sys.argv[1] if len(sys.argv) > 1 else "architecture.png", dpi=90, bbox_inches="tight")
+    ap = argparse.ArgumentParser(prog="python -m bagel_lite.architecture",
+                                 description="Draw the map of BAGEL (its data flow, each box naming its module "
+                                             "and notebook) into a PNG file.")
+    ap.add_argument("out", nargs="?", default="architecture.png", help="the PNG to write (default: %(default)s)")
+    args = ap.parse_args(argv)
+    if not args.out.lower().endswith(".png"):
+        ap.error(f"{args.out!r} is not a .png file name: give the file to write, e.g. figures/architecture.png")
+    draw_map().savefig(args.out, dpi=90, bbox_inches="tight")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":  # python -m bagel_lite.architecture figures/architecture.png
+    main()

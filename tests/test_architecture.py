@@ -71,3 +71,20 @@ def test_you_are_here_highlights_only_its_part():
     assert thick == lit_boxes("sampler") and "sampler" in thick and "lm_head" not in thick
     assert "notebook 06" in ax.get_title(loc="left")
     plt.close(fig)
+
+
+def test_the_command_writes_the_png_it_is_given_and_helps_without_writing(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    from bagel_lite.architecture import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0 and "PNG" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["map.pdf"])
+    assert "not a .png" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # neither call wrote a file
+    main(["map.png"])
+    assert (tmp_path / "map.png").read_bytes()[:4] == b"\x89PNG"
