@@ -10,14 +10,15 @@
 from .bagel import Bagel
 from .checkpoint import CheckpointError, load_bagel, save_bagel
 from .config import BagelConfig, full, tiny
-from .contexts import Context
+from .contexts import Context, ContextFull
 from .conversation import Conversation
 from .pipeline import Generated, Pipeline, load
 from .progress import GenerationStopped, StepInfo, TokenInfo
 from .settings import EDIT_SETTINGS, T2I_SETTINGS, ImageSettings
+from .text_generation import Answer
 
 __all__ = [
-    "Bagel", "BagelConfig", "CheckpointError", "Context", "Conversation", "EDIT_SETTINGS", "Generated",
-    "GenerationStopped", "ImageSettings", "Pipeline", "StepInfo", "T2I_SETTINGS", "TokenInfo", "full", "load",
-    "load_bagel", "save_bagel", "tiny",
+    "Answer", "Bagel", "BagelConfig", "CheckpointError", "Context", "ContextFull", "Conversation", "EDIT_SETTINGS",
+    "Generated", "GenerationStopped", "ImageSettings", "Pipeline", "StepInfo", "T2I_SETTINGS", "TokenInfo", "full",
+    "load", "load_bagel", "save_bagel", "tiny",
 ]

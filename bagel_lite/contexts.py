@@ -37,6 +37,10 @@ class Context:
     past: tuple[KV, ...] | None = None  # per layer: keys, values of shape (1, num_kv_heads, kv_len, head_dim)
 
 
+class ContextFull(ValueError):
+    """The sequence would outgrow the model's positions (``max_position_embeddings``); nothing was added."""
+
+
 class Reader:
     """The model, its autoencoder and tokenizer, and reading text and images into a ``Context``."""
 
@@ -64,8 +68,8 @@ class Reader:
         """Run new rows (L, D) after ``ctx``'s cache. Returns hidden (L, D) and the context with them cached."""
         n = rows.shape[0]
         if int(positions.max()) >= self.model.config.llm.max_position_embeddings:
-            raise ValueError(f"the context would need position {int(positions.max())}, beyond the model's "
-                             f"{self.model.config.llm.max_position_embeddings}: shorten the prompt")
+            raise ContextFull(f"the context would need position {int(positions.max())}, beyond the model's "
+                              f"{self.model.config.llm.max_position_embeddings}: shorten the prompt")
         allowed = KeyMask(torch.ones(1, ctx.kv_len + n, dtype=torch.bool), n, causal, self.device)
         gen = None if gen_mask is None else gen_mask[None]
         hidden, kvs = self.model.hidden_states(rows[None].to(self.dtype), gen, positions[None], allowed,

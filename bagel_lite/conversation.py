@@ -23,6 +23,7 @@ keeping the old state is keeping a reference to it.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -31,9 +32,18 @@ import torch
 from PIL import Image
 
 from .checks import check_bool
-from .contexts import Context
+from .contexts import Context, ContextFull
 from .inference import Engine
-from .settings import T2I_SETTINGS, ImageSettings, check_text, check_text_sampling, image_settings, make_generator
+from .settings import (
+    SETTING_NAMES,
+    T2I_SETTINGS,
+    ImageSettings,
+    check_text,
+    check_text_sampling,
+    image_settings,
+    make_generator,
+)
+from .text_generation import Answer
 from .transforms import pil_img2rgb
 
 
@@ -62,6 +72,10 @@ class Reply:
     settings: dict
     call: str  # the line that sends this turn again, given `chat` in the state before it
     latents: torch.Tensor | None = None  # (N, 64) final latent tokens of the image
+
+
+# send()'s own keywords, besides the sampler settings (named together when a keyword is unknown)
+SEND_KEYWORDS = ("image", "reply_image", "seed", "image_shape", "max_tokens", "callback", "text_callback")
 
 
 class Conversation:
@@ -120,11 +134,12 @@ class Conversation:
     # --- writing --------------------------------------------------------------------------------------------
 
     def write(self, max_tokens: int, do_sample: bool, temperature: float, generator: torch.Generator,
-              callback=None, progress: bool = False) -> tuple[list[int], str]:
-        """Write text after the full context: the ids (from ``<|im_start|>``) and the decoded text."""
-        ids = self.engine.generate_text(self.state.gen, max_tokens, do_sample, temperature, generator, progress,
-                                        callback)
-        return ids, self.engine.decode_text(ids)
+              callback=None, progress: bool = False) -> tuple[list[int], Answer]:
+        """Write text after the full context: the ids (from ``<|im_start|>``) and the decoded text, which says
+        whether the model finished it (``Answer.finished``)."""
+        written = self.engine.write_text(self.state.gen, max_tokens, do_sample, temperature, generator, progress,
+                                         callback)
+        return written.ids, Answer(self.engine.decode_text(written.ids), written.finished, max_tokens)
 
     def draw(self, image_shape: tuple[int, int], settings: ImageSettings, generator: torch.Generator,
              init_noise: torch.Tensor | None = None, callback=None, batch_cfg: bool = True,
@@ -143,6 +158,12 @@ class Conversation:
         """One chat turn, as a transaction: read ``image`` (if given and not already in the conversation) and
         ``text``, then answer in text, or draw an image (``reply_image``) that joins the conversation.
         ``settings`` override the text-to-image sampler defaults."""
+        unknown = [name for name in settings if name not in SETTING_NAMES]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], (*SEND_KEYWORDS, *SETTING_NAMES), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"send() got an unknown keyword {unknown[0]!r}{hint}; its own are "
+                            f"{', '.join(SEND_KEYWORDS)}, and the sampler settings {', '.join(SETTING_NAMES)}")
         chosen = image_settings(T2I_SETTINGS, settings)
         check_bool("reply_image", reply_image)
         check_text("message", text)
@@ -151,6 +172,17 @@ class Conversation:
             self.engine.default_image_shape() if image_shape is None else image_shape)
         seed, generator = make_generator(seed)
         attach = image is not None and not self.contains(image)  # an image already read is not read twice
+        try:
+            return self._send(text, image=image if attach else None, reply_image=reply_image, seed=seed,
+                              generator=generator, shape=shape, chosen=chosen, max_tokens=max_tokens,
+                              callback=callback, text_callback=text_callback)
+        except ContextFull as e:  # the turn left the conversation as it was
+            raise ContextFull(f"this conversation is full ({e}); it is kept as it was before this message. Start a "
+                              "new one (pipe.chat()) or send a shorter message") from None
+
+    def _send(self, text, *, image, reply_image, seed, generator, shape, chosen, max_tokens, callback,
+              text_callback) -> Reply:
+        attach = image is not None
         with self.turn():
             if attach:
                 self.show(image, generator)

@@ -38,6 +38,7 @@ from .settings import (
     image_settings,
     make_generator,
 )
+from .text_generation import Answer
 from .tokenizer import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT
 from .transforms import read_image, resized_size
 
@@ -48,6 +49,7 @@ class InterleaveResult:
     text_ids: list[int] | None = None  # generated ids, from the fed <|im_start|> on
     latents: torch.Tensor | None = None  # (N, 64) final latent tokens of the image
     image_shape: tuple[int, int] | None = None
+    finished: bool | None = None  # written text: whether the model ended it (False: the token budget ran out)
 
 
 @dataclass
@@ -133,7 +135,7 @@ class Pipeline(Engine):
                          generator=generator, callback=text_callback, progress=progress)
             if understanding_output:
                 ids, answer = conv.write(**write)
-                return InterleaveResult([answer], text_ids=ids)
+                return InterleaveResult([answer], text_ids=ids, finished=answer.finished)
             outputs, ids = [], None
             if think:
                 ids, plan = conv.write(**write)
@@ -214,11 +216,14 @@ class Pipeline(Engine):
 
     def answer(self, image: Image.Image | None, question: str, *, think: bool = False, max_tokens: int = 1000,
                do_sample: bool = False, temperature: float = 0.3, seed: int | None = None, callback=None,
-               progress: bool = False) -> str:
+               progress: bool = False) -> Answer:
         """Answer a question about an image (a PIL image, a path or bytes; ``None``: about the text alone).
         Greedy by default, as the official notebook. ``callback`` gets each token (``TokenInfo``); returning
-        False stops (``GenerationStopped``)."""
+        False stops (``GenerationStopped``). The answer is a ``str`` whose ``finished`` is False (and whose repr
+        says so) when ``max_tokens`` (counting the ``<|im_start|>`` it starts with) ran out before its end."""
         question = check_text("question", question)
+        check_text_sampling("max_tokens", max_tokens, self.model.config.llm.max_position_embeddings, do_sample,
+                            temperature)
         items = [question] if image is None else [read_image(image), question]
         _, generator = make_generator(seed)
         return self.run(items, think=think, understanding_output=True, max_think_tokens=max_tokens,

@@ -4,15 +4,42 @@ until ``<|im_end|>``. Each written token goes into a copy of the context; the ca
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
 
-from .contexts import Context, Reader
+from .contexts import Context, ContextFull, Reader
 from .progress import GenerationStopped, TokenInfo
 from .settings import check_text_sampling
 from .tokenizer import cut_generated
+
+
+@dataclass(frozen=True)
+class Written:
+    """The ids a model wrote (from ``<|im_start|>``), and whether it ended them with ``<|im_end|>``."""
+
+    ids: list[int]
+    finished: bool
+
+
+class Answer(str):
+    """An answer's text (a ``str``) that knows whether the model finished it. ``finished`` is False when
+    ``max_tokens`` ran out before ``<|im_end|>``: the text is then cut short, and its repr says so."""
+
+    finished: bool
+    max_tokens: int | None
+
+    def __new__(cls, text: str, finished: bool = True, max_tokens: int | None = None):
+        answer = super().__new__(cls, text)
+        answer.finished, answer.max_tokens = finished, max_tokens
+        return answer
+
+    def __repr__(self) -> str:
+        if self.finished:
+            return super().__repr__()
+        return (f"{super().__repr__()} (cut: max_tokens={self.max_tokens} ran out before the model ended its answer;"
+                " the count includes the <|im_start|> it starts with)")
 
 
 def next_token(logits: torch.Tensor, do_sample: bool, temperature: float, generator) -> int:
@@ -32,14 +59,20 @@ class TextWriter(Reader):
         """Token ids from ``<|im_start|>`` (included) up to, not including, ``<|im_end|>``; at most
         ``max_length`` ids in all. ``ctx`` itself is left unchanged. A ``callback`` that returns False stops
         the writing (``GenerationStopped``); so does reaching the model's last position before ``<|im_end|>``
-        (a ``ValueError``: no answer is silently cut)."""
+        (``ContextFull``: no answer is silently cut). ``write_text`` also says whether ``<|im_end|>`` came."""
+        return self.write_text(ctx, max_length, do_sample, temperature, generator, progress, callback).ids
+
+    def write_text(self, ctx: Context, max_length: int = 1000, do_sample: bool = False, temperature: float = 1.0,
+                   generator: torch.Generator | None = None, progress: bool = False,
+                   callback: Callable[[TokenInfo], object] | None = None) -> Written:
+        """``generate_text``'s ids, and whether the model ended them (False: ``max_length`` ran out first)."""
         limit = self.model.config.llm.max_position_embeddings
         check_text_sampling("max_length", max_length, limit, do_sample, temperature)
         token, ids = self.special.bos, []
         for step in tqdm(range(max_length), desc="text tokens", disable=not progress, leave=False):
             if ctx.rope >= limit:
-                raise ValueError(f"the answer reached the model's last position ({limit}) after {step} tokens "
-                                 "without finishing: shorten the prompt or the conversation (new chat)")
+                raise ContextFull(f"the answer reached the model's last position ({limit}) after {step} tokens "
+                                  "without finishing: shorten the prompt or the conversation (new chat)")
             ids.append(token)
             rows = self.model.embed_text(torch.tensor([token], device=self.device))
             hidden, ctx = self.forward_rows(ctx, rows, torch.tensor([ctx.rope], device=self.device), None, True)
@@ -48,8 +81,8 @@ class TextWriter(Reader):
             if callback is not None and callback(TokenInfo(step, token)) is False:
                 raise GenerationStopped(step, "token")
             if token == self.special.eos:
-                break
-        return ids
+                return Written(ids, True)
+        return Written(ids, False)
 
     def decode_text(self, ids: list[int]) -> str:
         """The written ids as text, without the ``<|im_start|>`` they start with."""

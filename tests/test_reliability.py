@@ -148,8 +148,11 @@ def test_a_chat_at_the_position_limit_is_not_stuck(pipe):
     chat = pipe.chat()
     chat.send("a " * 2000, seed=0, max_tokens=2)
     before = chat.state
-    with pytest.raises(ValueError, match="reached the model's last position"):
+    with pytest.raises(ValueError, match="reached the model's last position") as full:
         chat.send("b " * 2000, seed=0, max_tokens=4000)
+    # it says the conversation is full, that nothing changed, and how to go on
+    assert "this conversation is full" in str(full.value) and "kept as it was" in str(full.value)
+    assert "pipe.chat()" in str(full.value)
     assert chat.state is before
     assert isinstance(chat.send("hi", seed=0, max_tokens=2).text, str)
 
@@ -348,3 +351,29 @@ def test_chat_reply_call_resends_the_turn(pipe):
     again = eval(reply.call, {"chat": pipe.chat()})
     assert again.image.tobytes() == reply.image.tobytes()
     assert isinstance(Generated(reply.image, None, reply.seed, reply.settings, reply.call), Generated)
+
+
+def test_an_answer_cut_by_max_tokens_says_so(pipe, picture):
+    """``answer`` returns a str that knows whether the model ended it; a cut answer's repr says so (issue 24)."""
+    from bagel_lite import Answer
+
+    whole = pipe.answer(picture, "what is it?", max_tokens=40)
+    cut = pipe.answer(picture, "what is it?", max_tokens=2)
+    assert isinstance(cut, Answer) and isinstance(cut, str)
+    assert not cut.finished and "cut: max_tokens=2" in repr(cut)
+    assert whole.startswith(cut) and len(whole) >= len(cut)  # the same greedy answer, cut short
+    assert whole.finished == ("cut" not in repr(whole))
+    ended = pipe.run(["hi"], understanding_output=True, max_think_tokens=2)
+    assert ended.finished is False and ended.outputs[0].finished is False
+
+
+def test_answer_max_tokens_is_named_as_the_caller_wrote_it(pipe):
+    with pytest.raises(ValueError, match=r"^max_tokens must be"):
+        pipe.answer(None, "hi", max_tokens=0)
+
+
+def test_an_unknown_chat_keyword_lists_the_chats_own_and_the_samplers(pipe):
+    with pytest.raises(TypeError) as err:
+        pipe.chat().send("a red circle", image_output=True)
+    message = str(err.value)
+    assert "'image_output'" in message and "reply_image" in message and "cfg_text_scale" in message
