@@ -23,7 +23,9 @@ MAX_PIXELS = 14 * 14 * 9 * 1024  # 1,806,336
 
 
 def pil_img2rgb(image: Image.Image) -> Image.Image:
-    """RGBA (or any image with a ``transparency`` entry) is composited on white; anything else -> RGB."""
+    """RGBA (or any image with a ``transparency`` entry) is composited on white; 16-bit grey (``I;16``) is scaled
+    to 8 bits (v / 257, so a 16-bit copy of an 8-bit picture reads as that picture; the official code clips it to
+    white instead); anything else -> RGB."""
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL.Image, got {type(image).__name__}; open files with PIL.Image.open")
     if image.mode == "RGBA" or image.info.get("transparency") is not None:
@@ -31,6 +33,9 @@ def pil_img2rgb(image: Image.Image) -> Image.Image:
         white = Image.new("RGB", rgba.size, (255, 255, 255))
         white.paste(rgba, mask=rgba.split()[3])
         return white
+    if image.mode.startswith("I;16"):  # 16-bit grey (a 16-bit PNG): 0..65535 onto 0..255, as its 8-bit twin
+        grey = np.asarray(image, dtype=np.float64)  # (H, W)
+        return Image.fromarray(np.round(grey / 257.0).astype(np.uint8), "L").convert("RGB")
     if image.mode.startswith("I") or image.mode == "F":
         warnings.warn(
             f"image mode {image.mode!r}: converting to RGB clips values above 255 (as the official code does); "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -43,9 +44,29 @@ def test_other_modes_become_rgb(mode):
     assert pil_img2rgb(Image.new(mode, (3, 2))).mode == "RGB"
 
 
-def test_sixteen_bit_images_warn_about_clipping():
+def test_a_sixteen_bit_grey_image_reads_as_its_eight_bit_twin(tmp_path):
+    """A 16-bit PNG of an 8-bit grey picture (each value v stored as 257 v, the full 16-bit range) gives the same
+    RGB pixels as the 8-bit file: no clipping to white, no warning."""
+    import warnings
+
+    from bagel_lite.transforms import read_image
+
+    grey = np.random.default_rng(0).integers(0, 256, (12, 20)).astype(np.uint8)  # (H, W)
+    Image.fromarray(grey, "L").save(tmp_path / "eight.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")
+    sixteen = read_image(tmp_path / "sixteen.png")
+    assert sixteen.mode == "I;16"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rgb = pil_img2rgb(sixteen)
+    assert rgb.tobytes() == pil_img2rgb(read_image(tmp_path / "eight.png")).tobytes()
+
+
+def test_32_bit_and_float_images_warn_about_clipping():
     with pytest.warns(UserWarning, match="clips values above 255"):
-        assert pil_img2rgb(Image.new("I;16", (3, 2), 1000)).mode == "RGB"
+        assert pil_img2rgb(Image.new("I", (3, 2), 1000)).mode == "RGB"
+    with pytest.warns(UserWarning, match="clips values above 255"):
+        assert pil_img2rgb(Image.new("F", (3, 2), 1000.0)).mode == "RGB"
 
 
 def test_not_an_image_is_named():
