@@ -50,8 +50,31 @@ def test_edit_and_understand_tabs(pg):
     pg.edit_clicked(wait=True)
     assert isinstance(pg.last_result, Generated) and "pipe.edit(image" in pg.last_result.call
     pg.und_question.value = "what color is the square?"
+    pg.answer_clicked(wait=True)  # the Understand tab has no picture of its own yet: it says so, never guesses
+    assert "no image to ask about" in pg.message and pg.und_answer.value == ""
+    pg.use_last_image("und")  # the edited picture, shown on the Understand tab
+    assert pg.und_image is pg.last_result.image and pg.und_source.value
     pg.answer_clicked(wait=True)
     assert isinstance(pg.last_answer, str) and pg.last_answer in pg.und_answer.value
+
+
+def test_a_float_slider_gives_the_setting_its_step_not_its_rounding_error(pg):
+    """0.1 + 0.2 + 2.7 is 3.0000000000000004 in floats; the settings line and the reproducing call say 3.0."""
+    pg.t2i_sampler.shift.value = 0.1 + 0.2 + 2.7
+    assert pg.t2i_sampler.values()["timestep_shift"] == 3.0
+    pg.t2i_sampler.shift.value = 0.5 + 0.5 + 0.5 + 0.5 + 0.5 + 0.5 + 0.5
+    pg.t2i_sampler.cfg_text.value = 0.1 * 3 * 10  # 3.0000000000000004 as well
+    pg.generate_clicked(wait=True)
+    assert "0000000" not in pg.info.value and "timestep_shift=3.5" in pg.last_result.call
+
+
+def test_sliders_are_read_back_by_setting_name(pg):
+    from bagel_lite.settings import SETTING_NAMES
+
+    sampler = pg.t2i_sampler
+    assert list(sampler.values()) == list(sampler.by_name) and set(sampler.by_name) == set(SETTING_NAMES)
+    for name, widget in sampler.by_name.items():
+        assert widget.description.startswith(name)  # each widget is labelled with the setting it sets
 
 
 def test_chat_keeps_its_context_and_reuses_a_drawn_image(pg):

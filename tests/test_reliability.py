@@ -294,7 +294,7 @@ def test_stop_is_heard_while_writing_text(pipe, picture):
 
 
 def test_the_playground_stop_ends_an_answer(pg):
-    pg.set_edit_image(Image.new("RGB", (64, 64)))
+    pg.set_und_image(Image.new("RGB", (64, 64)))
     pg.und_max.value = 64
     original = pg._text_callback
 

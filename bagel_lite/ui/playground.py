@@ -33,14 +33,14 @@ LABELS = {
            "answer": "Answer", "send": "Send", "reply_image": "reply with an image", "use_last": "use last image",
            "think": "think first", "seed": "seed", "size": "size", "upload": "image", "reset": "new chat",
            "sample": "sample text", "temperature": "temperature", "max_think": "max think tokens",
-           "max_tokens": "max tokens", "und_note": "uses the image of the Edit tab", "message": "type a message",
+           "max_tokens": "max tokens", "und_note": "asks about the image shown here", "message": "type a message",
            "stopped": "stopped at {unit} {step}", "step": "step", "token": "token"},
     "zh": {"t2i": "文生图", "edit": "图像编辑", "und": "图像理解", "chat": "对话", "prompt": "提示词",
            "instruction": "编辑指令", "question": "问题", "generate": "生成", "stop": "停止", "answer": "回答",
            "send": "发送", "reply_image": "以图像回复", "use_last": "使用上一张图", "think": "先思考",
            "seed": "随机种子", "size": "尺寸", "upload": "图像", "reset": "新对话", "sample": "采样文本",
            "temperature": "温度", "max_think": "最大思考长度", "max_tokens": "最大长度",
-           "und_note": "使用“图像编辑”页的图像", "message": "输入消息", "stopped": "已在第 {step} {unit}停止",
+           "und_note": "针对此处显示的图像提问", "message": "输入消息", "stopped": "已在第 {step} {unit}停止",
            "step": "步", "token": "个词元"},
 }
 
@@ -117,9 +117,9 @@ class Playground:
         style, layout, wide = self.STYLE, w.Layout(width="360px"), w.Layout(width=self.WIDE)
         self.edit_upload = w.FileUpload(accept="image/*", multiple=False, description="image")
         self.edit_image: Image.Image | None = None
-        self.edit_upload.observe(lambda ch: self._read_upload(), names="value")
+        self.edit_upload.observe(lambda ch: self._read_upload(self.edit_upload, self.set_edit_image), names="value")
         self.edit_use_last = w.Button(description="use last image")
-        self.edit_use_last.on_click(lambda _: self.use_last_image())
+        self.edit_use_last.on_click(lambda _: self.use_last_image("edit"))
         self.edit_source = w.Image(format="png", layout=w.Layout(width="128px", height="128px"))
         self.edit_text = w.Textarea(value="make the circle blue", layout=wide)
         self.edit_sampler = SamplerControls(EDIT_SETTINGS, style, layout)
@@ -134,6 +134,12 @@ class Playground:
         import ipywidgets as w
 
         style, layout, wide = self.STYLE, w.Layout(width="360px"), w.Layout(width=self.WIDE)
+        self.und_upload = w.FileUpload(accept="image/*", multiple=False, description="image")
+        self.und_image: Image.Image | None = None  # this tab's own picture, shown beside its upload
+        self.und_upload.observe(lambda ch: self._read_upload(self.und_upload, self.set_und_image), names="value")
+        self.und_use_last = w.Button(description="use last image")
+        self.und_use_last.on_click(lambda _: self.use_last_image("und"))
+        self.und_source = w.Image(format="png", layout=w.Layout(width="128px", height="128px"))
         self.und_question = w.Textarea(value="what color is the circle?", layout=wide)
         self.und_sample = w.Checkbox(value=False, description="sample text")
         self.und_temperature = w.FloatSlider(value=0.3, min=0.05, max=1.0, step=0.05, description="temperature",
@@ -145,8 +151,8 @@ class Playground:
         self.und_button.on_click(lambda _: self.answer_clicked())
         self.und_answer = w.HTML()
         self.und_note = w.HTML()
-        return w.VBox([self.und_note, self.und_question,
-                       w.HBox([self.und_sample, self.und_temperature, self.und_max]),
+        return w.VBox([w.HBox([self.und_upload, self.und_use_last, self.und_source, self.und_note]),
+                       self.und_question, w.HBox([self.und_sample, self.und_temperature, self.und_max]),
                        w.HBox([self.und_think, self.und_button]), self.und_answer])
 
     def _build_chat(self):
@@ -199,6 +205,7 @@ class Playground:
             box.description = t["think"]
         self.chat_image_reply.description, self.chat_attach.description = t["reply_image"], t["use_last"]
         self.edit_use_last.description, self.chat_reset.description = t["use_last"], t["reset"]
+        self.und_use_last.description, self.und_upload.description = t["use_last"], t["upload"]
         self.und_sample.description, self.und_temperature.description = t["sample"], t["temperature"]
         self.seed.description, self.t2i_ratio.description = t["seed"], t["size"]
         self.max_think.description, self.edit_upload.description = t["max_think"], t["upload"]
@@ -251,9 +258,10 @@ class Playground:
         state = {(w, name): getattr(w, name) for w, name in (
             (self.result, "value"), (self.preview, "value"), (self.progress, "max"), (self.progress, "value"),
             (self.chat_log, "children"), (self.chat_text, "value"), (self.chat_attach, "value"),
-            (self.edit_source, "value"), (self.und_answer, "value"), (self.info, "value"))}
+            (self.edit_source, "value"), (self.und_source, "value"), (self.und_answer, "value"),
+            (self.info, "value"))}
         state.update({(self, name): getattr(self, name) for name in
-                      ("last_result", "edit_image", "last_answer", "message", "chat")})
+                      ("last_result", "edit_image", "und_image", "last_answer", "message", "chat")})
         state[(self.chat, "state")] = self.chat.state
         return state
 
@@ -314,27 +322,36 @@ class Playground:
 
         self._run(work, wait)
 
-    def _read_upload(self):
-        """A new edit image from the upload widget; a file that is not a readable image changes nothing."""
-        files = self.edit_upload.value
+    def _read_upload(self, upload, set_image):
+        """A new image from an upload widget into its tab; a file that is not a readable image changes nothing."""
+        files = upload.value
         if not files:
             return
         first = files[0] if isinstance(files, (list, tuple)) else next(iter(files.values()))
         try:
-            self.set_edit_image(read_image(bytes(first["content"]), f"uploaded file {first.get('name', '')!r}"))
+            set_image(read_image(bytes(first["content"]), f"uploaded file {first.get('name', '')!r}"))
         except (ValueError, TypeError) as e:
-            self._say(f"could not read the upload: {e}; the edit image is unchanged", error=True)
+            self._say(f"could not read the upload: {e}; the tab's image is unchanged", error=True)
 
     def set_edit_image(self, image: Image.Image):
-        image = read_image(image)
-        png = to_png(pil_img2rgb(image))  # made before anything changes: a failure leaves both as they were
-        self.edit_image, self.edit_source.value = image, png
+        """The picture the Edit tab edits (shown on the tab)."""
+        self.edit_image, self.edit_source.value = self._readable(image)
 
-    def use_last_image(self):
-        if isinstance(self.last_result, Generated):
-            self.set_edit_image(self.last_result.image)
-        else:
+    def set_und_image(self, image: Image.Image):
+        """The picture the Understand tab asks about (shown on the tab)."""
+        self.und_image, self.und_source.value = self._readable(image)
+
+    @staticmethod
+    def _readable(image) -> tuple[Image.Image, bytes]:
+        image = read_image(image)
+        return image, to_png(pil_img2rgb(image))  # both made before anything changes: a failure changes nothing
+
+    def use_last_image(self, tab: str = "edit"):
+        """The last drawn picture becomes the ``tab``'s image ("edit" or "und")."""
+        if not isinstance(self.last_result, Generated):
             self._say("no image yet: generate one first", error=True)
+            return
+        {"edit": self.set_edit_image, "und": self.set_und_image}[tab](self.last_result.image)
 
     def edit_clicked(self, wait: bool = False):
         def work():
@@ -353,10 +370,10 @@ class Playground:
 
     def answer_clicked(self, wait: bool = False):
         def work():
-            if self.edit_image is None:
-                raise ValueError("no image to ask about: upload one in the Edit tab or use the last image")
+            if self.und_image is None:
+                raise ValueError("no image to ask about: upload one on this tab or press 'use last image'")
             question, think, sample = self.und_question.value, self.und_think.value, self.und_sample.value
-            text = self.pipe.answer(self.edit_image, question, think=think, max_tokens=self.und_max.value,
+            text = self.pipe.answer(self.und_image, question, think=think, max_tokens=self.und_max.value,
                                     do_sample=sample, temperature=self.und_temperature.value, seed=self.seed.value,
                                     callback=self._text_callback())
             self.last_answer = text
