@@ -124,13 +124,30 @@ QUANTIZATION = {  # the official app's two settings
 }
 
 
-def load_quantized(folder: str | Path, mode: str, max_memory: dict | None = None) -> LoadedBagel:
+def check_quantize_request(mode: str, device, dtype) -> None:
+    """``quantize`` decides placement and dtypes itself (layers over the visible GPUs; 4-/8-bit weights with their
+    own compute dtype): an explicit ``device`` other than "auto"/"cuda", or any ``dtype``, is refused, never
+    ignored."""
+    if device is not None and str(device) not in ("auto", "cuda"):
+        raise ValueError(f"quantize={mode!r} spreads the layers over every visible CUDA GPU; device={str(device)!r} "
+                         "cannot be honoured: leave device out (or use 'auto'), or load without quantize")
+    if dtype is not None:
+        raise ValueError(f"quantize={mode!r} chooses the dtypes itself (4-/8-bit weights, "
+                         f"{'bf16' if mode == 'nf4' else 'float32'} compute); dtype={dtype} cannot be honoured: "
+                         "leave dtype out, or load without quantize")
+
+
+def load_quantized(folder: str | Path, mode: str, max_memory: dict | None = None,
+                   offload_folder: str | Path | None = None) -> LoadedBagel:
     """Load an official folder with its linear layers in 4-bit NF4 (~9 GB of weights) or 8-bit INT8.
 
     Needs ``pip install bitsandbytes`` (the ``quant`` extra) and a CUDA GPU; says so plainly otherwise.
-    Embeddings, norms and the sin-cos tables stay unquantised (accelerate's default skip list).
+    Embeddings, norms and the sin-cos tables stay unquantised (accelerate's default skip list). Layers that do
+    not fit on the GPUs go to ``offload_folder`` (default: a new temporary folder; nothing is ever written into
+    the checkpoint folder).
     """
     import importlib.util
+    import tempfile
 
     if mode not in QUANTIZATION:
         raise ValueError(f"quantize={mode!r} is unknown; use one of {sorted(QUANTIZATION)}, or None for bf16")
@@ -145,7 +162,8 @@ def load_quantized(folder: str | Path, mode: str, max_memory: dict | None = None
     cfg, model, ae = check_folder(folder)
     tokenizer, special = read_tokenizer(folder, cfg.llm.vocab_size)
     max_memory = max_memory or {i: int(b * 0.9) for i, b in free_gpu_memory().items()}
+    offload = Path(offload_folder) if offload_folder else Path(tempfile.mkdtemp(prefix="bagel-lite-offload-"))
     model = load_and_quantize_model(model, BnbQuantizationConfig(**QUANTIZATION[mode]),
                                     weights_location=str(folder / "ema.safetensors"),
-                                    device_map=device_map(model, max_memory), offload_folder=str(folder / "offload"))
+                                    device_map=device_map(model, max_memory), offload_folder=str(offload))
     return LoadedBagel(model.eval(), load_autoencoder(ae, folder), tokenizer, special, cfg, folder)

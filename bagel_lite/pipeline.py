@@ -26,7 +26,14 @@ from PIL import Image
 from .checkpoint import load_bagel, read_config
 from .checks import check_bool
 from .conversation import Conversation, Variable
-from .devices import check_fits, estimate_memory, free_gpu_memory, load_on_gpus, load_quantized
+from .devices import (
+    check_fits,
+    check_quantize_request,
+    estimate_memory,
+    free_gpu_memory,
+    load_on_gpus,
+    load_quantized,
+)
 from .inference import Engine
 from .settings import (
     EDIT_SETTINGS,
@@ -77,9 +84,11 @@ class Pipeline(Engine):
         ``device``: "cpu", "cuda" / "cuda:1" (one GPU), or "auto" (split over every visible GPU with
         accelerate). Default: "cuda" when available, else "cpu". ``dtype`` defaults to bf16 on GPUs, float32
         on the CPU. On GPUs the memory needed is checked before any weight is read. ``quantize``: "nf4" or
-        "int8" loads the linear layers through bitsandbytes (optional; GPU only).
+        "int8" loads the linear layers through bitsandbytes (optional; GPU only): it places the layers and chooses
+        the dtypes itself, so a ``device`` other than "auto"/"cuda" or any ``dtype`` is refused with it.
         """
         if quantize is not None:
+            check_quantize_request(quantize, device, dtype)
             b = load_quantized(folder, quantize)
             return cls(b.model, b.ae, b.tokenizer, b.special, **transforms)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")

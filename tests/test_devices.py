@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -52,3 +54,46 @@ def test_quantized_loading_explains_what_it_needs(tmp_path):
     elif not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
             load_quantized(tmp_path, "int8")
+
+
+def test_quantize_refuses_a_device_or_dtype_it_cannot_honour():
+    """``load(folder, quantize=...)`` with device="cpu" or a dtype raised nothing and ignored them (issue 24)."""
+    from bagel_lite.pipeline import load
+
+    with pytest.raises(ValueError, match="quantize='nf4' spreads the layers.*device='cpu' cannot be honoured"):
+        load("any-folder", device="cpu", quantize="nf4")
+    with pytest.raises(ValueError, match="quantize='int8' chooses the dtypes itself.*cannot be honoured"):
+        load("any-folder", dtype=torch.float16, quantize="int8")
+
+
+def test_quantized_loading_writes_nothing_into_the_checkpoint_folder(tmp_path, monkeypatch):
+    """Offloaded layers go to a temporary (or named) folder, never into the user's checkpoint folder."""
+    import importlib.util
+    import shutil
+
+    import accelerate.utils
+    from helpers import GOLDEN
+
+    from bagel_lite import devices
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(GOLDEN / "tiny_ckpt", folder)
+    before = sorted(p.name for p in folder.iterdir())
+    seen = {}
+
+    def fake_load(model, config, weights_location, device_map, offload_folder):
+        seen["offload"] = offload_folder
+        return model
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "bitsandbytes"
+                        else real_find_spec(name, *a))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(devices, "free_gpu_memory", lambda: {0: 10**10})
+    monkeypatch.setattr(accelerate.utils, "load_and_quantize_model", fake_load)
+    monkeypatch.setattr(accelerate.utils, "BnbQuantizationConfig", lambda **kw: kw)
+    devices.load_quantized(folder, "nf4")
+    assert folder not in Path(seen["offload"]).parents and Path(seen["offload"]).is_dir()
+    assert sorted(p.name for p in folder.iterdir()) == before
+    devices.load_quantized(folder, "int8", offload_folder=tmp_path / "mine")
+    assert seen["offload"] == str(tmp_path / "mine")
