@@ -1,10 +1,44 @@
-"""Root pytest configuration: report how long the notebooks took (the workbook's time budget is 5 minutes)."""
+"""Root pytest configuration: report how long the notebooks took, and keep the notebooks nbval executes so that
+the book test (tests/test_book.py, moved to the end of the run) builds its pages from them instead of executing
+every notebook a second time."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+import pytest
 
 _notebook_seconds: dict[str, float] = {}
+_executed: dict[Path, object] = {}  # notebook path -> the notebook with the outputs nbval's run gave each cell
+_cells_left: dict[Path, int] = {}  # notebook path -> its code cells not yet run
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The book test runs last, after nbval has executed the notebooks it reads."""
+    book = [item for item in items if item.nodeid.startswith("tests/test_book.py")]
+    items[:] = [item for item in items if item not in book] + book
+    for item in items:
+        if hasattr(item, "cell") and hasattr(item, "test_outputs"):  # an nbval cell
+            path = Path(str(item.fspath)).resolve()
+            _cells_left[path] = _cells_left.get(path, 0) + 1
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    yield
+    if call.when == "call" and hasattr(item, "cell") and getattr(item, "test_outputs", None) is not None:
+        item.cell.outputs = item.test_outputs  # the cell of the notebook nbval read, now with its run's outputs
+        path = Path(str(item.fspath)).resolve()
+        _cells_left[path] -= 1
+        if _cells_left[path] == 0:
+            _executed[path] = item.parent.nb
+
+
+@pytest.fixture(scope="session")
+def executed_notebooks() -> dict[Path, object]:
+    """The notebooks whose every code cell nbval ran in this session, with their outputs."""
+    return _executed
 
 
 def pytest_configure(config):

@@ -1,8 +1,8 @@
 """The static book (`make book`): every notebook executed and exported to a page that holds its figures.
 
-This test executes every notebook once more (about as long as their own tests) and checks the result as a
-reader sees it: one page per notebook and per solution, figures embedded in each notebook's page, an index
-linking them all.
+It checks the result as a reader sees it: one page per notebook and per solution, figures embedded in each
+notebook's page, an index linking them all. In a whole test run it comes last and builds the pages from the
+notebooks nbval has just executed (conftest.py keeps them); run alone, it executes them itself.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ sys.path.insert(0, str(REPO / "scripts"))
 import build_book  # noqa: E402
 
 
-def test_book_has_every_notebook_with_its_figures(tmp_path):
+def test_book_has_every_notebook_with_its_figures(tmp_path, executed_notebooks):
     out = tmp_path / "book"
     paths = build_book.notebooks()
-    figures = build_book.build(out, paths, log=lambda *_: None)
+    figures = build_book.build(out, paths, log=lambda *_: None,
+                               executed={p: executed_notebooks[p.resolve()] for p in paths
+                                         if p.resolve() in executed_notebooks})
     assert len(paths) >= 12 and len(figures) == len(paths)
     for path in paths:
         page = build_book.page_name(path)

@@ -26,14 +26,37 @@ def test_llm_config_json_gets_the_official_apps_values_whatever_it_says():
     assert cfg.qk_norm is True and cfg.tie_word_embeddings is False
 
 
-def test_the_built_model_has_qk_norm_and_an_untied_head():
+def test_the_built_model_applies_qk_norm():
+    """The QK-norms act on the attention: scaling q_norm's weight (which multiplies every query) changes the
+    hidden states, as it would not if the norm were built but skipped."""
+    import torch
+
     from bagel_lite.checkpoint import build
 
     model, _ = build(tiny())
-    layer = model.language_model.model.layers[0].self_attn
-    assert layer.q_norm is not None and layer.k_norm is not None
+    x = torch.randn(1, 6, model.config.llm.hidden_size, generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(6)[None]
+    with torch.no_grad():
+        before, _ = model.hidden_states(x, None, positions, None)
+        model.language_model.model.layers[0].self_attn.q_norm.weight.mul_(4.0)
+        after, _ = model.hidden_states(x, None, positions, None)
+    assert not torch.allclose(before, after, atol=1e-4)
+
+
+def test_the_head_is_untied_from_the_embedding():
+    """Changing the token embedding leaves the output head (and so the logits of a given state) unchanged."""
+    import torch
+
+    from bagel_lite.checkpoint import build
+
+    model, _ = build(tiny())
     lm = model.language_model
-    assert lm.lm_head.weight.data_ptr() != lm.model.embed_tokens.weight.data_ptr()
+    state = torch.randn(model.config.llm.hidden_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model.logits(state[None]).clone()
+        lm.model.embed_tokens.weight.add_(1.0)
+        assert torch.equal(model.logits(state[None]), logits)
+    assert {"language_model.lm_head.weight", "language_model.model.embed_tokens.weight"} <= set(model.state_dict())
 
 
 def test_connector_act_other_than_the_official_is_refused():
