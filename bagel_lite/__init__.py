@@ -7,15 +7,15 @@
     pipe.answer(image, "What is in the image?")
 """
 
-from .bagel import Bagel
-from .checkpoint import CheckpointError, load_bagel, save_bagel
-from .config import BagelConfig, full, tiny
-from .contexts import Context, ContextFull
-from .conversation import Conversation
-from .pipeline import Generated, Pipeline, load
-from .progress import GenerationStopped, StepInfo, TokenInfo
-from .settings import EDIT_SETTINGS, T2I_SETTINGS, ImageSettings
-from .text_generation import Answer
+from .inference.contexts import Context, ContextFull
+from .inference.conversation import Conversation
+from .inference.pipeline import Generated, Pipeline, load
+from .inference.progress import GenerationStopped, StepInfo, TokenInfo
+from .inference.settings import EDIT_SETTINGS, T2I_SETTINGS, ImageSettings
+from .inference.text_generation import Answer
+from .loading.checkpoint import CheckpointError, load_bagel, save_bagel
+from .model.bagel import Bagel
+from .model.config import BagelConfig, full, tiny
 
 __all__ = [
     "Answer", "Bagel", "BagelConfig", "CheckpointError", "Context", "ContextFull", "Conversation", "EDIT_SETTINGS",

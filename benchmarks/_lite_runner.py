@@ -52,7 +52,7 @@ def load(ckpt: Path):
     import torch
 
     import bagel_lite
-    from bagel_lite.transforms import ImageTransform
+    from bagel_lite.loading.transforms import ImageTransform
 
     return bagel_lite.load(ckpt, device="cpu", dtype=torch.float32,
                            vae_transform=ImageTransform(*common.VAE_TRANSFORM),

@@ -44,13 +44,13 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runs from a plain checkout too (the GPU machine has no editable install)
 
-from bagel_lite import attention, config, masks  # noqa: E402
-from bagel_lite.checkpoint import build, save_bagel  # noqa: E402
-from bagel_lite.contexts import Context  # noqa: E402
-from bagel_lite.devices import GiB, device_map, estimate_memory  # noqa: E402
-from bagel_lite.pipeline import Pipeline  # noqa: E402
-from bagel_lite.progress import StepInfo  # noqa: E402
-from bagel_lite.tokenizer import load_tokenizer  # noqa: E402
+from bagel_lite.inference.contexts import Context  # noqa: E402
+from bagel_lite.inference.pipeline import Pipeline  # noqa: E402
+from bagel_lite.inference.progress import StepInfo  # noqa: E402
+from bagel_lite.loading.checkpoint import build, save_bagel  # noqa: E402
+from bagel_lite.loading.devices import GiB, device_map, estimate_memory  # noqa: E402
+from bagel_lite.loading.tokenizer import load_tokenizer  # noqa: E402
+from bagel_lite.model import attention, config, masks  # noqa: E402
 
 TOKENIZER = ROOT / "bagel_lite" / "micro" / "checkpoint"
 PROMPT = ("A photo of a red fox sitting in fresh snow at sunrise, soft golden light, shallow depth of field, "

@@ -3,7 +3,7 @@
     python scripts/make_figures.py            # all notebooks
     python scripts/make_figures.py 02 04      # notebooks whose names start with these prefixes
 
-Each notebook saves its figures with ``bagel_lite.viz.save_figure``; nothing is drawn by hand.
+Each notebook saves its figures with ``bagel_lite.workbook.viz.save_figure``; nothing is drawn by hand.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import sys
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +21,7 @@ DOC = ROOT / "docs" / "architecture.md"
 
 
 def room_of(path: Path) -> str:
-    """``bagel_lite/flow.py`` -> ``flow``; anything under ``bagel_lite/ui/`` -> ``ui/``."""
+    """``bagel_lite/inference/flow.py`` -> ``flow``; anything under ``bagel_lite/ui/`` -> ``ui/``."""
     parts = path.relative_to(PACKAGE).with_suffix("").parts
     return parts[0] + "/" if len(parts) > 1 else parts[0]
 
@@ -106,7 +107,7 @@ def draw(found: dict[str, dict], floor: dict[str, int], out: Path) -> None:
     for room in sorted(found):
         by_floor.setdefault(floor[room], []).append(room)
     width = max(len(v) for v in by_floor.values())
-    fig, ax = plt.subplots(figsize=(1.9 * width, 1.1 * len(by_floor)))
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.9 * width), 1.1 * len(by_floor) + 0.8))
     where = {}
     for f, names in by_floor.items():
         for i, room in enumerate(names):
@@ -114,10 +115,11 @@ def draw(found: dict[str, dict], floor: dict[str, int], out: Path) -> None:
     for room, (x, y) in where.items():
         for target in essential(found, room):
             tx, ty = where[target]
-            ax.annotate("", (tx, ty + 0.18), (x, y - 0.18), arrowprops=dict(arrowstyle="->", color="#8899aa",
+            ax.annotate("", (tx, ty + 0.3), (x, y - 0.3), arrowprops=dict(arrowstyle="->", color="#8899aa",
                                                                             lw=0.6, shrinkA=0, shrinkB=0))
     for room, (x, y) in where.items():
-        ax.text(x, y, f"{room}\n{found[room]['lines']} lines", ha="center", va="center", fontsize=8,
+        about = "\n".join(textwrap.wrap(found[room]["about"], 46))
+        ax.text(x, y, f"{room}  ({found[room]['lines']} lines)\n{about}", ha="center", va="center", fontsize=8,
                 bbox=dict(boxstyle="round", fc="#dde8f3" if not room.endswith("/") else "#f3e6d0", ec="#445566"))
     ax.set_xlim(0, width)
     ax.set_ylim(0.4, max(by_floor) + 0.6)
@@ -125,7 +127,7 @@ def draw(found: dict[str, dict], floor: dict[str, int], out: Path) -> None:
     ax.set_xticks([])
     for side in ("top", "right", "bottom"):
         ax.spines[side].set_visible(False)
-    ax.set_title("bagel_lite's modules: each imports only rooms below it (an arrow that a longer way implies is "
+    ax.set_title("bagel_lite's rooms: each imports only rooms below it\n(an arrow that a longer way implies is "
                  "not drawn)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=110)

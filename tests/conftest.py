@@ -14,7 +14,7 @@ def golden() -> dict:
 
 @pytest.fixture(scope="session")
 def golden_bagel():
-    from bagel_lite.checkpoint import load_bagel
+    from bagel_lite.loading.checkpoint import load_bagel
 
     return load_bagel(GOLDEN / "tiny_ckpt")
 

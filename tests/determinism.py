@@ -18,9 +18,9 @@ FAST = dict(num_timesteps=4, progress=False)
 
 
 def golden_pipe():
-    from bagel_lite.checkpoint import load_bagel
-    from bagel_lite.pipeline import Pipeline
-    from bagel_lite.transforms import ImageTransform
+    from bagel_lite.inference.pipeline import Pipeline
+    from bagel_lite.loading.checkpoint import load_bagel
+    from bagel_lite.loading.transforms import ImageTransform
 
     b = load_bagel(GOLDEN / "tiny_ckpt")
     return Pipeline(b.model, b.ae, b.tokenizer, b.special, vae_transform=ImageTransform(128, 64, 16),

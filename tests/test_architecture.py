@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from helpers import REPO  # noqa: E402
 
-from bagel_lite.architecture import ARROWS, BOXES, PARTS, draw_map, lit_boxes, you_are_here  # noqa: E402
+from bagel_lite.workbook.architecture import ARROWS, BOXES, PARTS, draw_map, lit_boxes, you_are_here  # noqa: E402
 
 
 def test_every_module_and_notebook_named_on_the_map_exists():
@@ -76,7 +76,7 @@ def test_you_are_here_highlights_only_its_part():
 def test_the_command_writes_the_png_it_is_given_and_helps_without_writing(tmp_path, monkeypatch, capsys):
     import pytest
 
-    from bagel_lite.architecture import main
+    from bagel_lite.workbook.architecture import main
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as stop:

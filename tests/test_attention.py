@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bagel_lite.attention import attend
-from bagel_lite.masks import dense_mask, flex_block_mask, sample_allowed
+from bagel_lite.model.attention import attend
+from bagel_lite.model.masks import dense_mask, flex_block_mask, sample_allowed
 
 
 def test_spec_example_causal_full_noise():

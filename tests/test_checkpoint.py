@@ -9,7 +9,7 @@ import torch
 from helpers import GOLDEN
 from safetensors.torch import load_file, save_file
 
-from bagel_lite.checkpoint import CheckpointError, load_bagel, save_bagel
+from bagel_lite.loading.checkpoint import CheckpointError, load_bagel, save_bagel
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bagel_lite.config import BagelConfig, LLMConfig, llm_from_json, llm_to_json, tiny
+from bagel_lite.model.config import BagelConfig, LLMConfig, llm_from_json, llm_to_json, tiny
 
 
 @pytest.mark.parametrize("field,value", [("qk_norm", False), ("tie_word_embeddings", True)])
@@ -31,7 +31,7 @@ def test_the_built_model_applies_qk_norm():
     hidden states, as it would not if the norm were built but skipped."""
     import torch
 
-    from bagel_lite.checkpoint import build
+    from bagel_lite.loading.checkpoint import build
 
     model, _ = build(tiny())
     x = torch.randn(1, 6, model.config.llm.hidden_size, generator=torch.Generator().manual_seed(0))
@@ -47,7 +47,7 @@ def test_the_head_is_untied_from_the_embedding():
     """Changing the token embedding leaves the output head (and so the logits of a given state) unchanged."""
     import torch
 
-    from bagel_lite.checkpoint import build
+    from bagel_lite.loading.checkpoint import build
 
     model, _ = build(tiny())
     lm = model.language_model

@@ -7,9 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from bagel_lite import config
-from bagel_lite.checkpoint import build
-from bagel_lite.devices import SAME_DEVICE_AS_EMBEDDINGS, GiB, MemoryEstimate, check_fits, device_map, estimate_memory
+from bagel_lite.loading.checkpoint import build
+from bagel_lite.loading.devices import (
+    SAME_DEVICE_AS_EMBEDDINGS,
+    GiB,
+    MemoryEstimate,
+    check_fits,
+    device_map,
+    estimate_memory,
+)
+from bagel_lite.model import config
 
 
 def test_full_model_bf16_weights_are_about_29_gb():
@@ -44,7 +51,7 @@ def test_device_map_keeps_layers_whole_and_writers_with_the_embedding():
 def test_quantized_loading_explains_what_it_needs(tmp_path):
     import importlib.util
 
-    from bagel_lite.devices import load_quantized
+    from bagel_lite.loading.devices import load_quantized
 
     with pytest.raises(ValueError, match="quantize='nf8' is unknown"):
         load_quantized(tmp_path, "nf8")
@@ -58,7 +65,7 @@ def test_quantized_loading_explains_what_it_needs(tmp_path):
 
 def test_quantize_refuses_a_device_or_dtype_it_cannot_honour():
     """``load(folder, quantize=...)`` with device="cpu" or a dtype raised nothing and ignored them (issue 24)."""
-    from bagel_lite.pipeline import load
+    from bagel_lite.inference.pipeline import load
 
     with pytest.raises(ValueError, match="quantize='nf4' spreads the layers.*device='cpu' cannot be honoured"):
         load("any-folder", device="cpu", quantize="nf4")
@@ -74,7 +81,7 @@ def test_quantized_loading_writes_nothing_into_the_checkpoint_folder(tmp_path, m
     import accelerate.utils
     from helpers import GOLDEN
 
-    from bagel_lite import devices
+    from bagel_lite.loading import devices
 
     folder = tmp_path / "ckpt"
     shutil.copytree(GOLDEN / "tiny_ckpt", folder)

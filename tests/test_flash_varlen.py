@@ -14,9 +14,10 @@ import math
 import pytest
 import torch
 
-from bagel_lite import attention, micro
-from bagel_lite.attention import attend, varlen_attend
-from bagel_lite.masks import KeyMask, causal_allowed
+from bagel_lite import micro
+from bagel_lite.model import attention
+from bagel_lite.model.attention import attend, varlen_attend
+from bagel_lite.model.masks import KeyMask, causal_allowed
 
 
 def reference_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=False):

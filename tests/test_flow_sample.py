@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bagel_lite.flow import guidance_branches, guidance_on, guidance_scales, guided_velocity, sample
-from bagel_lite.progress import GenerationStopped
+from bagel_lite.inference.flow import guidance_branches, guidance_on, guidance_scales, guided_velocity, sample
+from bagel_lite.inference.progress import GenerationStopped
 
 
 def test_a_straight_path_is_followed_to_the_image_exactly():

@@ -7,9 +7,9 @@ import math
 import torch
 from helpers import REFERENCE
 
-from bagel_lite import config
-from bagel_lite.autoencoder import AutoEncoder
-from bagel_lite.checkpoint import build
+from bagel_lite.loading.checkpoint import build
+from bagel_lite.model import config
+from bagel_lite.model.autoencoder import AutoEncoder
 
 
 def manifest(name):

@@ -12,9 +12,9 @@ from helpers import GOLDEN, golden_cases, tolerance
 from PIL import Image
 from safetensors.torch import load_file
 
-from bagel_lite.masks import sample_allowed
-from bagel_lite.patchify import patchify, position_ids_extrapolate, position_ids_interpolate
-from bagel_lite.transforms import ImageTransform
+from bagel_lite.loading.transforms import ImageTransform
+from bagel_lite.model.masks import sample_allowed
+from bagel_lite.model.patchify import patchify, position_ids_extrapolate, position_ids_interpolate
 
 CORE_CASES = ("patchify", "attention_mask", "vit_tower", "autoencoder")
 

@@ -16,10 +16,10 @@ from helpers import GOLDEN, golden_cases, tolerance
 from PIL import Image
 from safetensors.torch import load_file
 
-from bagel_lite.patchify import unpatchify
-from bagel_lite.pipeline import Pipeline
-from bagel_lite.settings import ImageSettings
-from bagel_lite.transforms import ImageTransform
+from bagel_lite.inference.pipeline import Pipeline
+from bagel_lite.inference.settings import ImageSettings
+from bagel_lite.loading.transforms import ImageTransform
+from bagel_lite.model.patchify import unpatchify
 
 CORE_CASES = ("patchify", "attention_mask", "vit_tower", "autoencoder")
 SETTING_NAMES = ("cfg_text_scale", "cfg_img_scale", "cfg_interval", "cfg_renorm_min", "cfg_renorm_type",
@@ -91,7 +91,7 @@ def test_golden_case(name, golden, pipe):
 def test_compiled_mode_writes_the_golden_text(golden):
     """``Bagel.compile_decoder`` (the optional compiled mode) changes speed, not answers: the understanding cases
     come out with the official text ids. (Image cases compile another minute; the benchmark checks them.)"""
-    from bagel_lite.checkpoint import load_bagel
+    from bagel_lite.loading.checkpoint import load_bagel
 
     b = load_bagel(GOLDEN / "tiny_ckpt")  # its own copy: compiling is in place
     b.model.compile_decoder()

@@ -14,10 +14,10 @@ import pytest
 import torch
 from helpers import REPO
 
-from bagel_lite import attention
+from bagel_lite.inference.pipeline import Pipeline
 from bagel_lite.micro import CHECKPOINT
-from bagel_lite.pipeline import Pipeline
-from bagel_lite.qwen2_mot import Routing, by_expert
+from bagel_lite.model import attention
+from bagel_lite.model.qwen2_mot import Routing, by_expert
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message seen on a machine without a GPU")

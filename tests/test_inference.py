@@ -7,12 +7,12 @@ import torch
 from helpers import GOLDEN
 from PIL import Image
 
-from bagel_lite.contexts import Context
-from bagel_lite.masks import causal_allowed
-from bagel_lite.pipeline import Pipeline
-from bagel_lite.progress import GenerationStopped
-from bagel_lite.settings import ImageSettings
-from bagel_lite.transforms import ImageTransform
+from bagel_lite.inference.contexts import Context
+from bagel_lite.inference.pipeline import Pipeline
+from bagel_lite.inference.progress import GenerationStopped
+from bagel_lite.inference.settings import ImageSettings
+from bagel_lite.loading.transforms import ImageTransform
+from bagel_lite.model.masks import causal_allowed
 
 FAST = dict(num_timesteps=4, progress=False)
 
@@ -156,9 +156,13 @@ def test_image_modes_are_accepted(pipe, mode):
     assert isinstance(pipe.answer(image, "what?", max_tokens=2), str)
 
 
-def test_sixteen_bit_image_warns(pipe):
+def test_a_sixteen_bit_image_is_answered_as_its_eight_bit_twin(pipe):
+    """The same grey picture as 8 bits (value 100) and as 16 bits (100 * 257): the same answer, token for token;
+    a 32-bit integer image still warns that converting it clips."""
+    eight, sixteen = Image.new("L", (40, 30), 100), Image.new("I;16", (40, 30), 100 * 257)
+    assert pipe.answer(sixteen, "what?", max_tokens=6) == pipe.answer(eight, "what?", max_tokens=6)
     with pytest.warns(UserWarning, match="clips values above 255"):
-        pipe.answer(Image.new("I;16", (40, 30), 500), "what?", max_tokens=2)
+        pipe.answer(Image.new("I", (40, 30), 500), "what?", max_tokens=2)
 
 
 def test_tiny_and_extreme_images_are_resized_like_the_official_code(pipe):

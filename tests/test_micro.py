@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from bagel_lite import micro
-from bagel_lite.autoencoder import AutoEncoder
-from bagel_lite.checkpoint import load_bagel
+from bagel_lite.loading.checkpoint import load_bagel
 from bagel_lite.micro.__main__ import main as micro_main
 from bagel_lite.micro.data import MicroSize, build_tokenizer, micro_config
 from bagel_lite.micro.evaluate import detect, evaluate_model
@@ -28,6 +27,7 @@ from bagel_lite.micro.world import (
     render,
     training_scene,
 )
+from bagel_lite.model.autoencoder import AutoEncoder
 
 SHIPPED_SIZE_LIMIT = 25 * 1024 * 1024
 

@@ -36,13 +36,13 @@ import pytest
 import torch
 from torch import nn
 
-from bagel_lite.autoencoder import AutoEncoder
-from bagel_lite.bagel import Bagel
-from bagel_lite.config import AEConfig, LLMConfig, ViTConfig, tiny
-from bagel_lite.flow import euler_step, timestep_schedule
-from bagel_lite.patchify import patchify, position_ids
-from bagel_lite.siglip import SiglipNaViT
-from bagel_lite.tokenizer import BOS, EOS, VISION_END, VISION_START, load_tokenizer
+from bagel_lite.inference.flow import euler_step, timestep_schedule
+from bagel_lite.loading.tokenizer import BOS, EOS, VISION_END, VISION_START, load_tokenizer
+from bagel_lite.model.autoencoder import AutoEncoder
+from bagel_lite.model.bagel import Bagel
+from bagel_lite.model.config import AEConfig, LLMConfig, ViTConfig, tiny
+from bagel_lite.model.patchify import patchify, position_ids
+from bagel_lite.model.siglip import SiglipNaViT
 
 MICRO_CHECKPOINT = Path(__file__).resolve().parents[1] / "bagel_lite" / "micro" / "checkpoint"
 
@@ -131,8 +131,8 @@ def test_llm_logits_match_qwen3(llm_pair):
 
 def test_llm_greedy_text_matches_qwen3_generate(llm_pair):
     """Our KV-cached engine (one token per forward) writes the same greedy ids as transformers' generate."""
-    from bagel_lite.contexts import Context
-    from bagel_lite.inference import Engine
+    from bagel_lite.inference.contexts import Context
+    from bagel_lite.inference.engine import Engine
 
     ours, ref = llm_pair
     tokenizer, special = load_tokenizer(MICRO_CHECKPOINT)
@@ -345,7 +345,7 @@ def test_flow_schedule_and_euler_steps_match_diffusers():
 # ----------------------------------------------------------------------------------------------------------
 # 5. The tokenizer against transformers' Qwen2 tokenizer built from vocab.json + merges.txt alone.
 #
-# bagel_lite.tokenizer loads the checkpoint folder (tokenizer.json included) and adds the four BAGEL markers
+# bagel_lite.loading.tokenizer loads the checkpoint folder (tokenizer.json included) and adds the four BAGEL markers
 # when missing. The reference ignores tokenizer.json and tokenizer_config.json: Qwen2's BPE rebuilt from the
 # vocabulary and merges, with the four markers added in BAGEL's order, as the official data code does.
 
@@ -381,7 +381,7 @@ def test_tokenizer_matches_qwen2_tokenizer(tmp_path):
 def test_swish_is_fused_only_for_the_channels_last_layout():
     """``encode`` / ``decode`` run channels-last on the CPU and take ``F.silu``; the layout the micro trainer uses
     keeps ``x * sigmoid(x)`` bit for bit (the bits that trained the shipped micro autoencoder). Both are SiLU."""
-    from bagel_lite.autoencoder import fast_layout, swish
+    from bagel_lite.model.autoencoder import fast_layout, swish
 
     x = torch.randn(2, 8, 16, 16) * 4
     assert torch.equal(swish(x), x * torch.sigmoid(x))

@@ -9,8 +9,8 @@ from datetime import datetime
 import pytest
 
 from bagel_lite import micro
+from bagel_lite.inference.pipeline import Generated
 from bagel_lite.micro.world import Scene, render
-from bagel_lite.pipeline import Generated
 from bagel_lite.ui import LABELS, Playground
 
 
@@ -69,7 +69,7 @@ def test_a_float_slider_gives_the_setting_its_step_not_its_rounding_error(pg):
 
 
 def test_sliders_are_read_back_by_setting_name(pg):
-    from bagel_lite.settings import SETTING_NAMES
+    from bagel_lite.inference.settings import SETTING_NAMES
 
     sampler = pg.t2i_sampler
     assert list(sampler.values()) == list(sampler.by_name) and set(sampler.by_name) == set(SETTING_NAMES)

@@ -8,15 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bagel_lite.patchify import (
+from bagel_lite.model.patchify import (
     patchify,
     position_ids,
     position_ids_extrapolate,
     position_ids_interpolate,
     unpatchify,
 )
-from bagel_lite.positions import RotaryEmbedding2D, apply_rope, rope_cos_sin, sincos_2d_table
-from bagel_lite.timestep import timestep_features
+from bagel_lite.model.positions import RotaryEmbedding2D, apply_rope, rope_cos_sin, sincos_2d_table
+from bagel_lite.model.timestep import timestep_features
 
 
 def test_patchify_plus_linear_equals_strided_conv():

@@ -9,11 +9,11 @@ import random
 import pytest
 import torch
 
-from bagel_lite.autoencoder import AutoEncoder
 from bagel_lite.micro.data import MicroSize, image_batch, micro_config
 from bagel_lite.micro.train import ALL_SCENES, PosteriorTable, TrainSettings, scale_scenes, train_autoencoder
 from bagel_lite.micro.world import training_scene
-from bagel_lite.precision import ENV_BF16, CpuPath, choose_threads, cpu_bf16_units, cpu_path
+from bagel_lite.model.autoencoder import AutoEncoder
+from bagel_lite.training.precision import ENV_BF16, CpuPath, choose_threads, cpu_bf16_units, cpu_path
 
 SMALL_AE = MicroSize(ae_ch=32)  # the narrowest autoencoder: these tests are about which path runs, not about quality
 
@@ -108,7 +108,7 @@ def test_scale_scenes_spread_over_the_world():
 
 
 def test_threads_leave_the_cores_other_jobs_use(monkeypatch):
-    import bagel_lite.precision as precision
+    import bagel_lite.training.precision as precision
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(precision, "busy_cores", lambda: 0.1)
@@ -128,7 +128,7 @@ def test_busy_cores_sees_another_busy_process():
     import subprocess
     import sys
 
-    from bagel_lite.precision import busy_cores
+    from bagel_lite.training.precision import busy_cores
 
     quiet = busy_cores(0.3)
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])

@@ -7,8 +7,8 @@ import tomllib
 
 from helpers import REPO
 
-from bagel_lite import config
-from bagel_lite.checkpoint import build
+from bagel_lite.loading.checkpoint import build
+from bagel_lite.model import config
 
 
 def test_readme_parameter_counts_are_the_computed_ones():

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bagel_lite.checkpoint import CheckpointError, check_folder
-from bagel_lite.settings import ImageSettings
+from bagel_lite.inference.settings import ImageSettings
+from bagel_lite.loading.checkpoint import CheckpointError, check_folder
 
 BOUNDED = settings(max_examples=40, deadline=None, database=None,
                    suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -102,7 +102,7 @@ def test_answer_gives_text_or_a_clear_error(pipe, question, do_sample, temperatu
 @BOUNDED
 @given(data=st.binary(max_size=300))
 def test_arbitrary_bytes_as_an_image(pipe, data):
-    from bagel_lite.transforms import read_image
+    from bagel_lite.loading.transforms import read_image
 
     try:
         image = read_image(data)

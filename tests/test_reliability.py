@@ -17,9 +17,9 @@ from determinism import FAST, golden_pipe, outputs, run_call
 from helpers import GOLDEN, REPO
 from PIL import Image
 
-from bagel_lite.conversation import Conversation
-from bagel_lite.pipeline import Generated
-from bagel_lite.progress import GenerationStopped
+from bagel_lite.inference.conversation import Conversation
+from bagel_lite.inference.pipeline import Generated
+from bagel_lite.inference.progress import GenerationStopped
 
 
 def in_fresh_process(*args: str, timeout: int) -> subprocess.CompletedProcess:

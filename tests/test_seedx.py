@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from bagel_lite import micro
-from bagel_lite.checkpoint import CheckpointError
+from bagel_lite.loading.checkpoint import CheckpointError
 from bagel_lite.micro.evaluate import held_out_prompts
 from bagel_lite.micro.world import Scene, caption, render
-from bagel_lite.patchify import patchify, position_ids
+from bagel_lite.model.patchify import patchify, position_ids
 from bagel_lite.seedx import CHECKPOINT, N_CHOICES, load
 from bagel_lite.seedx.detokenizer import (
     Denoiser,

@@ -1,5 +1,6 @@
-"""The shape of the package, kept by tests: short functions, imports that run one way and never take another
-module's private names, and a user interface that reaches the model only through the pipeline."""
+"""The shape of the package, kept by tests: sub-packages in layers whose imports only go down, short functions,
+imports that run one way and never take another module's private names, and a user interface that reaches the
+model only through the pipeline."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from helpers import REPO
 PACKAGE = REPO / "bagel_lite"
 LONGEST = 60  # lines per function, outside notebooks
 # What the user interface may not import: it talks to the model through Pipeline and Conversation only.
-INFERENCE_INSIDES = {"inference", "contexts", "text_generation", "denoising", "masks", "attention", "qwen2_mot",
-                     "bagel", "siglip", "autoencoder", "flow"}
+INFERENCE_INSIDES = {"bagel_lite.inference.engine", "bagel_lite.inference.contexts",
+                     "bagel_lite.inference.text_generation", "bagel_lite.inference.denoising",
+                     "bagel_lite.inference.flow", "bagel_lite.model"}
+# The sub-packages from the ground up: each may import only those before it (docs/architecture.md draws this).
+LAYERS = ("model", "loading", "inference", "training", "workbook", "micro", "seedx", "ui")
 
 
 def modules() -> dict[str, tuple[ast.Module, bool]]:
@@ -94,8 +98,27 @@ def test_imports_run_one_way():
 def test_the_user_interface_goes_through_the_pipeline():
     for name, (tree, face) in modules().items():
         if name.startswith("bagel_lite.ui"):
-            reached = {t.split(".")[1] for t, _ in imports(name, tree, face) if t.startswith("bagel_lite.")}
-            assert not reached & INFERENCE_INSIDES, f"{name} imports {reached & INFERENCE_INSIDES}"
+            reached = {t for t, _ in imports(name, tree, face) if t.startswith("bagel_lite.")}
+            inside = {t for t in reached if any(t == x or t.startswith(x + ".") for x in INFERENCE_INSIDES)}
+            assert not inside, f"{name} imports {inside}"
+
+
+def test_sub_packages_import_only_the_layers_below_them():
+    """Every module lives in a sub-package (only the package's face, ``bagel_lite/__init__.py``, at the top), and
+    a sub-package imports only itself and the layers before it in ``LAYERS``."""
+    loose = [name for name, (_, face) in modules().items() if name.count(".") == 1 and not face]
+    assert not loose, f"modules outside the sub-packages: {loose}"
+    upward = []
+    for name, (tree, face) in modules().items():
+        if name == "bagel_lite":
+            continue
+        layer = LAYERS.index(name.split(".")[1])
+        for target, _ in imports(name, tree, face):
+            parts = target.split(".")
+            if parts[0] == "bagel_lite" and len(parts) > 1 and parts[1] in LAYERS:
+                if LAYERS.index(parts[1]) > layer:
+                    upward.append(f"{name} imports {target}")
+    assert not upward, upward
 
 
 def test_every_import_inside_the_package_names_a_module_of_it():
@@ -123,8 +146,8 @@ def test_every_checkpoint_name_is_defined_literally():
     by a line ``<object>.<name> = ...`` of the package, so that grep finds where it is made (no ``setattr``)."""
     import re
 
-    from bagel_lite.checkpoint import build
-    from bagel_lite.config import tiny
+    from bagel_lite.loading.checkpoint import build
+    from bagel_lite.model.config import tiny
 
     model, ae = build(tiny(), device="meta")
     source = "\n".join(p.read_text() for p in PACKAGE.rglob("*.py"))

@@ -6,10 +6,10 @@ import random
 
 import torch
 
-from bagel_lite import config
-from bagel_lite.checkpoint import build
-from bagel_lite.tokenizer import SpecialTokens
-from bagel_lite.training import PackedSequence, Text, VaeImage, VitImage, packed_loss
+from bagel_lite.loading.checkpoint import build
+from bagel_lite.loading.tokenizer import SpecialTokens
+from bagel_lite.model import config
+from bagel_lite.training.packing import PackedSequence, Text, VaeImage, VitImage, packed_loss
 
 SPECIAL = SpecialTokens(bos=400, eos=401, start_of_image=402, end_of_image=403)
 
@@ -81,8 +81,8 @@ def test_short_training_lowers_both_losses():
 
 
 def test_packed_attention_equals_the_dense_mask():
-    from bagel_lite.attention import attend
-    from bagel_lite.masks import PackedMask, dense_mask
+    from bagel_lite.model.attention import attend
+    from bagel_lite.model.masks import PackedMask, dense_mask
 
     sample_lens, split_lens = [7, 9], [3, 4, 2, 5, 2]
     modes = ["causal", "noise", "full", "causal", "full"]

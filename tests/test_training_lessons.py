@@ -13,7 +13,13 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bagel_lite.curves import (  # noqa: E402
+from bagel_lite import micro  # noqa: E402
+from bagel_lite.inference.flow import logit_normal_timesteps  # noqa: E402
+from bagel_lite.loading.tokenizer import SpecialTokens  # noqa: E402
+from bagel_lite.micro.data import micro_config  # noqa: E402
+from bagel_lite.training.ema import ema_copy, ema_decay, ema_update, ema_variance_ratio  # noqa: E402
+from bagel_lite.training.packing import PackedSequence, Text, VaeImage, VitImage  # noqa: E402
+from bagel_lite.workbook.curves import (  # noqa: E402
     LiveCurves,
     is_micro_log,
     plot_micro_log,
@@ -23,12 +29,7 @@ from bagel_lite.curves import (  # noqa: E402
     split_columns,
     tables,
 )
-from bagel_lite.ema import ema_copy, ema_decay, ema_update, ema_variance_ratio  # noqa: E402
-from bagel_lite.flow import logit_normal_timesteps  # noqa: E402
-from bagel_lite.micro.data import micro_config  # noqa: E402
-from bagel_lite.tokenizer import SpecialTokens  # noqa: E402
-from bagel_lite.training import PackedSequence, Text, VaeImage, VitImage  # noqa: E402
-from bagel_lite.training_views import (  # noqa: E402
+from bagel_lite.workbook.training_views import (  # noqa: E402
     draw_packed_batch,
     fraction_above_half,
     logit_normal_density,
@@ -70,7 +71,7 @@ def test_plot_training_log_draws_what_the_log_holds():
     fig = plot_training_log({"seed": 0, "train_seconds": 799.9})
     assert len(fig.axes) == 1 and "no per-step losses" in fig.axes[0].texts[0].get_text()
     plt.close(fig)
-    plt.close(plot_training_log(read_log()))  # the shipped log, whatever its layout
+    plt.close(plot_training_log(read_log(micro.CHECKPOINT / "train_log.json")))  # the shipped log, whatever its layout
 
 
 def micro_log(align=40, steps=200):

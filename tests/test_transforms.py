@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bagel_lite.transforms import ImageTransform, pil_img2rgb, resized_size, tensor_to_pil
+from bagel_lite.loading.transforms import ImageTransform, pil_img2rgb, resized_size, tensor_to_pil
 
 # (input W, H) -> VAE size -> ViT size applied to the VAE result: the spec's worked examples
 WORKED = [
@@ -49,7 +49,7 @@ def test_a_sixteen_bit_grey_image_reads_as_its_eight_bit_twin(tmp_path):
     RGB pixels as the 8-bit file: no clipping to white, no warning."""
     import warnings
 
-    from bagel_lite.transforms import read_image
+    from bagel_lite.loading.transforms import read_image
 
     grey = np.random.default_rng(0).integers(0, 256, (12, 20)).astype(np.uint8)  # (H, W)
     Image.fromarray(grey, "L").save(tmp_path / "eight.png")

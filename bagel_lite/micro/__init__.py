@@ -19,7 +19,7 @@ def load(folder: str | Path = CHECKPOINT, device: str = "cpu"):
     """The micro model as a ``Pipeline`` (64x64 images for both towers)."""
     import torch
 
-    from ..pipeline import Pipeline
+    from ..inference.pipeline import Pipeline
     from .data import micro_transform
 
     return Pipeline.from_folder(folder, device=device, dtype=torch.float32, vae_transform=micro_transform(),

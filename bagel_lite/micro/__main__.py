@@ -20,8 +20,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ..optimization import cpu_threads
-from ..precision import choose_threads, cpu_path
+from ..training.optimization import cpu_threads
+from ..training.precision import choose_threads, cpu_path
 from . import CHECKPOINT, load
 from .evaluate import evaluate_model, metrics_table
 from .train import RECIPES, default_state_path, train

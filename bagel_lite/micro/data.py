@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..config import AEConfig, BagelConfig, LLMConfig, ViTConfig
-from ..tokenizer import BOS, EOS, VISION_END, VISION_START, add_special_tokens
-from ..training import Text, VaeImage, VitImage
-from ..transforms import ImageTransform
+from ..loading.tokenizer import BOS, EOS, VISION_END, VISION_START, add_special_tokens
+from ..loading.transforms import ImageTransform
+from ..model.config import AEConfig, BagelConfig, LLMConfig, ViTConfig
+from ..training.packing import Text, VaeImage, VitImage
 from .world import (
     BACKGROUND,
     EDIT_KINDS,

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..transforms import tensor_to_pil
+from ..loading.transforms import tensor_to_pil
+from ..workbook.viz import verdict_title
 from .world import COLORS, POSITIONS, SHAPES, SIZE, SIZES, Scene, draw_shape, to_array
 
 PRESENT_THRESHOLD = 90  # summed |RGB - white| above which a pixel is not background
@@ -174,3 +175,36 @@ def metrics_table(metrics: dict) -> str:
     rows = [f"{'metric':<28}{'value':>8}", "-" * 36]
     rows += [f"{k:<28}{v:>8.3f}" if isinstance(v, float) else f"{k:<28}{v!s:>8}" for k, v in metrics.items()]
     return "\n".join(rows)
+
+
+# --- words for a picture: what the evaluator reads, and why it counts as wrong ----------------------------
+
+def image_verdict(image, scene, attributes=("shape", "color", "position", "size")) -> str:
+    """Compare a drawn image with the micro-world scene it should show, as the evaluator reads it.
+
+    'right' or 'wrong: colour reads blue (asked red), ...' — the evaluator (``micro.evaluate.detect``) is the
+    same pixel reader that scores the model, so the words say *why* a picture counts as wrong.
+    """
+    from ..micro.evaluate import detect
+
+    found = detect(image).scene
+    if scene.empty:
+        if found.empty:
+            return "right (empty canvas)"
+        return f"wrong: the evaluator still sees a {found.color} {found.shape}"
+    if found.empty:
+        return "wrong: the evaluator sees an empty canvas"
+    wrong = [f"{a} reads {getattr(found, a)} (asked {getattr(scene, a)})" for a in attributes
+             if getattr(scene, a) is not None and getattr(found, a) != getattr(scene, a)]  # None: not asked
+    return "right" if not wrong else "wrong: " + ", ".join(wrong)
+
+
+def judged_title(name: str, image, scene, width: int = 28) -> str:
+    """'<name>: right' or '<name>: wrong: <why>' for a picture judged against ``scene``, plus the evaluator's
+    shape match (IoU of the picture's core with the ideal template of the shape it read; 1 = a perfect shape)."""
+    from ..micro.evaluate import detect
+
+    found = detect(image)
+    match = "" if found.scene.empty else f"\nshape match (IoU) {found.iou:.2f}"
+    return verdict_title(f"{name}: {image_verdict(image, scene)}", width) + match
+

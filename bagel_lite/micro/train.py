@@ -36,13 +36,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..autoencoder import AutoEncoder
-from ..bagel import Bagel
-from ..checkpoint import load_autoencoder, read_config, save_bagel
-from ..ema import ema_copy, ema_decay, ema_update
-from ..optimization import cosine_lr, cpu_threads, optimizer_step, set_lr
-from ..precision import CpuPath, cpu_path
-from ..training import PackedSequence, packed_loss
+from ..loading.checkpoint import load_autoencoder, read_config, save_bagel
+from ..model.autoencoder import AutoEncoder
+from ..model.bagel import Bagel
+from ..training.ema import ema_copy, ema_decay, ema_update
+from ..training.optimization import cosine_lr, cpu_threads, optimizer_step, set_lr
+from ..training.packing import PackedSequence, packed_loss
+from ..training.precision import CpuPath, cpu_path
 from . import CHECKPOINT
 from .data import QUESTION_WEIGHTS, SMALL, TASKS, MicroSize, SampleMaker, build_tokenizer, image_batch, micro_config
 from .evaluate import autoencoder_quality
@@ -317,7 +317,7 @@ def train_bagel(model: Bagel, tokenizer, special, table: PosteriorTable, ae_cfg,
 
 def _quick_eval(ae, tokenizer, special):
     def run(ema_model) -> dict:
-        from ..pipeline import Pipeline
+        from ..inference.pipeline import Pipeline
         from .data import micro_transform
         from .evaluate import evaluate_model
 

@@ -10,7 +10,7 @@ Here the same plan, small:
 * ``Denoiser`` — the toy "SDXL": a transformer over the 16 tokens of a micro-autoencoder latent
   (16 x 8 x 8, 2x2-patchified as BAGEL does), each block self-attention (``attn1``), cross-attention to a
   context (``attn2``) and an MLP, the flow time added to every token. It predicts the flow-matching velocity
-  ``noise - x_0`` (``bagel_lite.flow``'s convention: t = 1 is noise, t = 0 the image).
+  ``noise - x_0`` (``bagel_lite.inference.flow``'s convention: t = 1 is noise, t = 0 the image).
 * ``CaptionConditioner`` — for *pre-training* the denoiser from captions: micro-BAGEL's frozen language model
   reads the caption, a linear layer maps its hidden states to the context width (SDXL's CLIP encoders).
 * ``DeTokenizer`` — a ``Resampler`` over the N ViT embeddings feeding the same denoiser.
@@ -26,14 +26,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .. import flow
-from ..bagel import Bagel
-from ..flow import add_noise, cfg_mix, guidance_on, logit_normal_timesteps
-from ..patchify import patchify, unpatchify
-from ..positions import PositionEmbedding
-from ..settings import check_settings
-from ..timestep import TimestepEmbedder
-from ..tokenizer import SpecialTokens, pad_batch
+from ..inference import flow
+from ..inference.flow import add_noise, cfg_mix, guidance_on, logit_normal_timesteps
+from ..inference.settings import check_settings
+from ..loading.tokenizer import SpecialTokens, pad_batch
+from ..model.bagel import Bagel
+from ..model.patchify import patchify, unpatchify
+from ..model.positions import PositionEmbedding
+from ..model.timestep import TimestepEmbedder
 from .llm import residual_stream
 from .resampler import CrossAttention, Resampler, feed_forward
 

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..bagel import Bagel
-from ..positions import rope_cos_sin
-from ..tokenizer import SpecialTokens, pad_batch
+from ..loading.tokenizer import SpecialTokens, pad_batch
+from ..model.bagel import Bagel
+from ..model.positions import rope_cos_sin
 from .resampler import Resampler
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

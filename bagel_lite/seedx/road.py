@@ -28,8 +28,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from ..checkpoint import CheckpointError
-from ..transforms import pil_img2rgb, tensor_to_pil
+from ..loading.checkpoint import CheckpointError
+from ..loading.transforms import pil_img2rgb, tensor_to_pil
 from .detokenizer import (
     CaptionConditioner,
     Denoiser,

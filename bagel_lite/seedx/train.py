@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ..micro.data import image_batch
 from ..micro.evaluate import attribute_accuracy, held_out_prompts
 from ..micro.world import Scene, caption
-from ..optimization import cosine_lr, cpu_threads, optimizer_step, set_lr
+from ..training.optimization import cosine_lr, cpu_threads, optimizer_step, set_lr
 from .detokenizer import (
     CaptionConditioner,
     Denoiser,

@@ -22,8 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..bagel import Bagel
-from ..patchify import image_position_ids, patchify
+from ..model.bagel import Bagel
+from ..model.patchify import image_position_ids, patchify
 
 GRID = 8  # the stitched grid is GRID x GRID embeddings
 N_CHOICES = (1, 4, 16, 64)  # how many pooled embeddings the ablation compares

@@ -7,7 +7,7 @@ import io
 
 from PIL import Image
 
-from ..settings import RENORM_TYPES, SETTING_NAMES, ImageSettings
+from ..inference.settings import RENORM_TYPES, SETTING_NAMES, ImageSettings
 
 RATIOS = {"1:1": (1, 1), "4:3": (3, 4), "3:4": (4, 3), "16:9": (9, 16), "9:16": (16, 9)}  # (height, width) parts
 # (minimum, maximum, step) of each slider, and what the label adds to the setting's name

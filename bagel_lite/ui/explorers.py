@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..pipeline import Generated, Pipeline
-from ..settings import T2I_SETTINGS
+from ..inference.pipeline import Generated, Pipeline
+from ..inference.settings import T2I_SETTINGS
 from .controls import SamplerControls
 
 
@@ -78,7 +78,7 @@ class SamplerExplorer:
 
     def figure(self):
         """The final image and the decoded clean-image estimates along the trajectory."""
-        from ..viz import show_images
+        from ..workbook.viz import show_images
 
         traj, shape = self.trajectory, self.pipe.default_image_shape()
         picks = sorted({round(i * (len(traj.ts) - 1) / max(self.frames - 1, 1)) for i in range(self.frames)})

@@ -21,10 +21,10 @@ import threading
 import torch
 from PIL import Image
 
-from ..pipeline import Generated, Pipeline
-from ..progress import GenerationStopped
-from ..settings import EDIT_SETTINGS, T2I_SETTINGS
-from ..transforms import pil_img2rgb, read_image
+from ..inference.pipeline import Generated, Pipeline
+from ..inference.progress import GenerationStopped
+from ..inference.settings import EDIT_SETTINGS, T2I_SETTINGS
+from ..loading.transforms import pil_img2rgb, read_image
 from .controls import RATIOS, SamplerControls, image_shape_for, to_png
 
 LABELS = {
@@ -182,7 +182,7 @@ class Playground:
     def from_folder(cls, folder, device: str | None = None, quantize: str | None = None, **kwargs) -> Playground:
         """The official BAGEL-7B-MoT folder: bf16, across every visible GPU ("auto") unless told otherwise;
         ``quantize="nf4"`` / ``"int8"`` through bitsandbytes when it is installed."""
-        from ..pipeline import load
+        from ..inference.pipeline import load
 
         device = device or ("auto" if torch.cuda.device_count() > 1 else None)
         name = f"BAGEL ({folder}{', ' + quantize if quantize else ''})"

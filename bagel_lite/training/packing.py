@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .bagel import Bagel
-from .flow import add_noise, logit_normal_timesteps
-from .masks import PackedMask
-from .patchify import image_position_ids, patchify
-from .tokenizer import SpecialTokens
+from ..inference.flow import add_noise, logit_normal_timesteps
+from ..loading.tokenizer import SpecialTokens
+from ..model.bagel import Bagel
+from ..model.masks import PackedMask
+from ..model.patchify import image_position_ids, patchify
 
 
 @dataclass

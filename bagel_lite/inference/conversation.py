@@ -31,9 +31,10 @@ from dataclasses import dataclass, replace
 import torch
 from PIL import Image
 
-from .checks import check_bool
+from ..loading.transforms import pil_img2rgb
+from ..model.checks import check_bool
 from .contexts import Context, ContextFull
-from .inference import Engine
+from .engine import Engine
 from .settings import (
     SETTING_NAMES,
     T2I_SETTINGS,
@@ -44,7 +45,6 @@ from .settings import (
     make_generator,
 )
 from .text_generation import Answer
-from .transforms import pil_img2rgb
 
 
 @dataclass(frozen=True)

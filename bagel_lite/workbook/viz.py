@@ -38,7 +38,7 @@ def to_image(x) -> Image.Image:
     if isinstance(x, Image.Image):
         return x
     if isinstance(x, torch.Tensor):
-        from .transforms import tensor_to_pil
+        from ..loading.transforms import tensor_to_pil
 
         return tensor_to_pil(x)
     return Image.fromarray(np.asarray(x))
@@ -195,26 +195,6 @@ def verdict(found, truth, why: str = "") -> str:
     return f"WRONG (truth: {truth}" + (f"; {why})" if why else ")")
 
 
-def image_verdict(image, scene, attributes=("shape", "color", "position", "size")) -> str:
-    """Compare a drawn image with the micro-world scene it should show, as the evaluator reads it.
-
-    'right' or 'wrong: colour reads blue (asked red), ...' — the evaluator (``micro.evaluate.detect``) is the
-    same pixel reader that scores the model, so the words say *why* a picture counts as wrong.
-    """
-    from .micro.evaluate import detect
-
-    found = detect(image).scene
-    if scene.empty:
-        if found.empty:
-            return "right (empty canvas)"
-        return f"wrong: the evaluator still sees a {found.color} {found.shape}"
-    if found.empty:
-        return "wrong: the evaluator sees an empty canvas"
-    wrong = [f"{a} reads {getattr(found, a)} (asked {getattr(scene, a)})" for a in attributes
-             if getattr(scene, a) is not None and getattr(found, a) != getattr(scene, a)]  # None: not asked
-    return "right" if not wrong else "wrong: " + ", ".join(wrong)
-
-
 def verdict_title(verdict: str, width: int = 28) -> str:
     """A short picture title from an ``image_verdict``: 'right', or 'wrong: position reads center' — the asked
     values left out (the caption says them) and the reasons wrapped to ``width`` characters."""
@@ -223,14 +203,3 @@ def verdict_title(verdict: str, width: int = 28) -> str:
 
     short = re.sub(r" \(asked [^)]*\)", "", verdict)
     return "\n".join(textwrap.wrap(short, width)) or short
-
-
-def judged_title(name: str, image, scene, width: int = 28) -> str:
-    """'<name>: right' or '<name>: wrong: <why>' for a picture judged against ``scene``, plus the evaluator's
-    shape match (IoU of the picture's core with the ideal template of the shape it read; 1 = a perfect shape)."""
-    from .micro.evaluate import detect
-
-    found = detect(image)
-    match = "" if found.scene.empty else f"\nshape match (IoU) {found.iou:.2f}"
-    return verdict_title(f"{name}: {image_verdict(image, scene)}", width) + match
-

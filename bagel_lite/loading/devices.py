@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ..model.config import BagelConfig
 from .checkpoint import LoadedBagel, build, check_folder, load_autoencoder, load_tensors, read_tokenizer
-from .config import BagelConfig
 
 GiB = 1024**3
 SAME_DEVICE_AS_EMBEDDINGS = ("time_embedder", "latent_pos_embed", "vae2llm", "llm2vae", "connector", "vit_pos_embed")

@@ -19,13 +19,13 @@ from dataclasses import dataclass, replace
 import torch
 from PIL import Image
 
-from .autoencoder import AutoEncoder
-from .bagel import Bagel
-from .masks import KeyMask
-from .patchify import image_position_ids, patchify
-from .qwen2_mot import KV
-from .tokenizer import SpecialTokens, wrap_text
-from .transforms import ImageTransform
+from ..loading.tokenizer import SpecialTokens, wrap_text
+from ..loading.transforms import ImageTransform
+from ..model.autoencoder import AutoEncoder
+from ..model.bagel import Bagel
+from ..model.masks import KeyMask
+from ..model.patchify import image_position_ids, patchify
+from ..model.qwen2_mot import KV
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .checkpoint import load_bagel, read_config
-from .checks import check_bool
-from .conversation import Conversation, Variable
-from .devices import (
+from ..loading.checkpoint import load_bagel, read_config
+from ..loading.devices import (
     check_fits,
     check_quantize_request,
     estimate_memory,
@@ -34,7 +32,11 @@ from .devices import (
     load_on_gpus,
     load_quantized,
 )
-from .inference import Engine
+from ..loading.tokenizer import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT
+from ..loading.transforms import read_image, resized_size
+from ..model.checks import check_bool
+from .conversation import Conversation, Variable
+from .engine import Engine
 from .settings import (
     EDIT_SETTINGS,
     T2I_SETTINGS,
@@ -46,8 +48,6 @@ from .settings import (
     make_generator,
 )
 from .text_generation import Answer
-from .tokenizer import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT
-from .transforms import read_image, resized_size
 
 
 @dataclass

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .training import PackedSequence
+from ..training.packing import PackedSequence
 
 KIND_COLORS = {"text": "#4c72b0", "marker": "#b0b0b0", "vit": "#64b5cd", "clean latent": "#dd8452",
                "noisy latent": "#c44e52"}

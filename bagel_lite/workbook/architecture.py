@@ -1,6 +1,6 @@
 """The map of BAGEL: every part of the data flow as a box naming its module and the notebook that teaches it.
 
-    from bagel_lite.architecture import draw_map, you_are_here
+    from bagel_lite.workbook.architecture import draw_map, you_are_here
     fig = draw_map()                  # the whole model, large (figures/architecture.png)
     you_are_here("mot")               # a small map with the part a notebook teaches highlighted
 
@@ -15,6 +15,7 @@ names exists and that every part of ``PARTS`` lights at least one box.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # part -> (notebook, title) for the notebooks' headers; "tour" highlights nothing (the whole map).
@@ -48,7 +49,12 @@ class Box:
     h: float
     title: str  # bold; the whole label on the small map
     detail: str  # full map only
-    module: str  # the bagel_lite module(s); full map only
+    module: str  # the bagel_lite module(s), as paths under bagel_lite/; full map only
+
+    @property
+    def files(self) -> str:
+        """The module names as the map prints them: file names only (``model/siglip.py`` -> ``siglip.py``)."""
+        return re.sub(r"\b[a-z_]+/(?=[a-z_0-9]+\.py)", "", self.module)
     notebooks: str  # the notebook(s) that teach it, e.g. "01, 07"
     kind: str  # a key of COLORS
     parts: tuple[str, ...]  # the parts of PARTS that light this box
@@ -69,46 +75,52 @@ def _at(col, row, h=12.0):
 
 
 BOXES: tuple[Box, ...] = (
-    Box("text", *_at(_A, _TEXT), "text", "prompt, question,\ninstruction", "tokenizer.py", "07", "io",
+    Box("text", *_at(_A, _TEXT), "text", "prompt, question,\ninstruction", "loading/tokenizer.py", "07", "io",
         ("understanding", "editing", "playground")),
-    Box("image_und", *_at(_A, _VIT), "image", "to read", "transforms.py", "07", "io",
+    Box("image_und", *_at(_A, _VIT), "image", "to read", "loading/transforms.py", "07", "io",
         ("understanding", "editing", "playground", "seedx")),
-    Box("image_gen", *_at(_A, _VAE), "image", "to learn to draw,\nor edit's context", "transforms.py", "03", "io",
+    Box("image_gen", *_at(_A, _VAE), "image", "to learn to draw,\nor edit's context", "loading/transforms.py", "03",
+        "io",
         ("vae", "editing")),
-    Box("embed", *_at(_B, _TEXT), "embed_tokens", "ids -> rows of width D", "qwen2_mot.py", "07", "und",
+    Box("embed", *_at(_B, _TEXT), "embed_tokens", "ids -> rows of width D", "model/qwen2_mot.py", "07", "und",
         ("understanding",)),
-    Box("siglip", *_at(_B, _VIT), "SigLIP-NaViT", "14-px patches,\nany image size", "patchify.py, siglip.py", "01, 07",
+    Box("siglip", *_at(_B, _VIT), "SigLIP-NaViT", "14-px patches,\nany image size",
+        "model/patchify.py, model/siglip.py", "01, 07",
         "und", ("patchify", "understanding", "editing", "seedx")),
-    Box("connector", *_at(_C, _VIT), "connector", "+ vit_pos_embed\n(2D sin-cos)", "siglip.py, positions.py",
+    Box("connector", *_at(_C, _VIT), "connector", "+ vit_pos_embed\n(2D sin-cos)",
+        "model/siglip.py, model/positions.py",
         "02, 07", "und", ("positions", "understanding")),
-    Box("vae_enc", *_at(_B, _VAE), "FLUX encoder", "8x smaller,\n16 channels", "autoencoder.py", "03", "gen",
+    Box("vae_enc", *_at(_B, _VAE), "FLUX encoder", "8x smaller,\n16 channels", "model/autoencoder.py", "03", "gen",
         ("vae", "editing")),
-    Box("patch2", *_at(_C, _VAE), "2x2 patchify", "64 numbers\nper token", "patchify.py", "01", "gen",
+    Box("patch2", *_at(_C, _VAE), "2x2 patchify", "64 numbers\nper token", "model/patchify.py", "01", "gen",
         ("patchify", "vae")),
-    Box("vae2llm", *_at(_D, _VAE), "vae2llm", "+ time_embedder(t)\n+ latent_pos_embed", "bagel.py, timestep.py",
+    Box("vae2llm", *_at(_D, _VAE), "vae2llm", "+ time_embedder(t)\n+ latent_pos_embed",
+        "model/bagel.py, model/timestep.py",
         "02, 05b", "gen", ("positions", "training", "sampler")),
     Box("packed", _PACK[0], 2, _PACK[1], 60, "packed\nsequence", "text, ViT and\nlatent tokens\nin one row;\n\n"
-        "causal / full /\nnoise splits;\n\n1D RoPE ids:\none per image", "masks.py\ntraining.py", "02, 04",
+        "causal / full /\nnoise splits;\n\n1D RoPE ids:\none per image", "model/masks.py\ntraining/packing.py",
+        "02, 04",
         "shared", ("masks", "positions", "training")),
-    Box("mot", _MOT[0], 2, _MOT[1], 60, "MoT layer  x N", "", "qwen2_mot.py", "05", "shared", ("mot",)),
+    Box("mot", _MOT[0], 2, _MOT[1], 60, "MoT layer  x N", "", "model/qwen2_mot.py", "05", "shared", ("mot",)),
     Box("und_expert", _MOT[0] + 2, 44, _MOT[1] - 4, 12, "understanding\nexpert", "text, markers, ViT", "", "05",
         "und", ("mot", "understanding")),
     Box("attention", _MOT[0] + 2, 26, _MOT[1] - 4, 12, "one shared\nattention", "QK-norm, RoPE,\nthe packed mask", "",
         "04, 05", "shared", ("mot", "masks", "training")),
     Box("gen_expert", _MOT[0] + 2, 8, _MOT[1] - 4, 12, "generation\nexpert", "latent tokens\n(*_moe_gen)", "", "05",
         "gen", ("mot",)),
-    Box("lm_head", *_at(_HEAD, _TEXT), "lm_head", "next-token logits", "bagel.py", "07", "und",
+    Box("lm_head", *_at(_HEAD, _TEXT), "lm_head", "next-token logits", "model/bagel.py", "07", "und",
         ("understanding", "training")),
-    Box("llm2vae", *_at(_HEAD, _VAE), "llm2vae", "velocity v\nper latent token", "bagel.py", "05b, 06", "gen",
+    Box("llm2vae", *_at(_HEAD, _VAE), "llm2vae", "velocity v\nper latent token", "model/bagel.py", "05b, 06", "gen",
         ("sampler", "training")),
-    Box("losses", *_at(_RIGHT, _VIT), "training losses", "CE on answers\n+ MSE(v, noise - x0)", "training.py",
+    Box("losses", *_at(_RIGHT, _VIT), "training losses", "CE on answers\n+ MSE(v, noise - x0)", "training/packing.py",
         "05b", "out", ("training",)),
     Box("sampler", *_at(_HEAD, _LOW), "flow-matching\nsampler", "t: 1 -> 0, CFG",
-        "flow.py, denoising.py", "06, 08", "out", ("sampler", "editing")),
-    Box("decoder", *_at(_RIGHT, _LOW), "FLUX decoder", "latent -> image", "autoencoder.py", "03", "gen",
+        "inference/flow.py, inference/denoising.py", "06, 08", "out", ("sampler", "editing")),
+    Box("decoder", *_at(_RIGHT, _LOW), "FLUX decoder", "latent -> image", "model/autoencoder.py", "03", "gen",
         ("vae", "sampler", "editing")),
     Box("pipeline", 0, 64, WIDTH, 5.5, "Pipeline: generate / edit / answer / think / chat, over KV-cached "
-        "contexts", "", "pipeline.py, conversation.py, contexts.py, ui/", "00, 08, 09", "other",
+        "contexts", "", "inference/pipeline.py, inference/conversation.py, inference/contexts.py, ui/",
+        "00, 08, 09", "other",
         ("playground", "editing")),
     Box("seedx", 0, _LOW - 6, 51, 10, "SEED-X's road, beside BAGEL", "ViT embeddings pooled to N -> LLM regresses "
         "them -> de-tokenizer", "seedx/", "10", "other", ("seedx",)),
@@ -164,17 +176,17 @@ def _draw_box(ax, box: Box, lit: bool, dim: bool, fontsize: float, compact: bool
     if box.key == "mot":  # the container: title on top, module at the bottom, the experts inside
         put(top - 2.2, box.title, va="center", weight="bold")
         if not compact:
-            put(box.y + 2.0, f"{box.module}  ·  nb {box.notebooks}", 0.75, va="center", family="monospace")
+            put(box.y + 2.0, f"{box.files}  ·  nb {box.notebooks}", 0.75, va="center", family="monospace")
     elif compact:
         put(box.center[1], box.title, va="center", weight="bold")
     elif box.h < 8:  # a one-line banner
-        put(box.center[1], f"{box.title}    [{box.module}  ·  nb {box.notebooks}]", 0.9, va="center",
+        put(box.center[1], f"{box.title}    [{box.files}  ·  nb {box.notebooks}]", 0.9, va="center",
             weight="bold")
     else:
         put(top - 0.9, box.title, va="top", weight="bold")
         if box.detail:
             put(top - 1.3 - 1.75 * (box.title.count("\n") + 1), box.detail, 0.8, va="top")
-        module = f"{box.module}\nnb {box.notebooks}" if box.module else f"nb {box.notebooks}"
+        module = f"{box.files}\nnb {box.notebooks}" if box.module else f"nb {box.notebooks}"
         put(box.y + 0.7, module, 0.7, va="bottom", family="monospace", color=COLORS[box.kind] if lit else ink)
 
 
@@ -258,10 +270,10 @@ def you_are_here(part: str, ax=None, fontsize: float = 10.5) -> None:
 
 
 def main(argv=None) -> None:
-    """``python -m bagel_lite.architecture [OUT.png]``: draw the map into a PNG file."""
+    """``python -m bagel_lite.workbook.architecture [OUT.png]``: draw the map into a PNG file."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m bagel_lite.architecture",
+    ap = argparse.ArgumentParser(prog="python -m bagel_lite.workbook.architecture",
                                  description="Draw the map of BAGEL (its data flow, each box naming its module "
                                              "and notebook) into a PNG file.")
     ap.add_argument("out", nargs="?", default="architecture.png", help="the PNG to write (default: %(default)s)")
@@ -272,5 +284,5 @@ def main(argv=None) -> None:
     print(f"wrote {args.out}")
 
 
-if __name__ == "__main__":  # python -m bagel_lite.architecture figures/architecture.png
+if __name__ == "__main__":  # python -m bagel_lite.workbook.architecture figures/architecture.png
     main()

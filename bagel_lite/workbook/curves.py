@@ -30,12 +30,8 @@ class Table:
     columns: dict[str, list[float]] = field(default_factory=dict)
 
 
-def read_log(path: str | Path | None = None) -> dict:
-    """The JSON log at ``path`` (default: the shipped micro-BAGEL run's ``train_log.json``)."""
-    if path is None:
-        from .micro import CHECKPOINT
-
-        path = CHECKPOINT / "train_log.json"
+def read_log(path: str | Path) -> dict:
+    """The JSON log at ``path`` (micro-BAGEL's shipped run: ``micro.CHECKPOINT / "train_log.json"``)."""
     return json.loads(Path(path).read_text())
 
 

@@ -26,7 +26,7 @@ def _bisect(f, lo: float, hi: float, steps: int = 60) -> float:
 
 
 def _latent_tokens(width: int, height: int) -> int:
-    from .patchify import patchify
+    from ..model.patchify import patchify
 
     return len(patchify(torch.zeros(16, height // 8, width // 8), 2))
 
@@ -36,7 +36,7 @@ def _snr(t: float, sigma: float) -> float:
 
 
 def _std_of_xt(t: float) -> float:
-    from .flow import add_noise
+    from ..inference.flow import add_noise
 
     g = torch.Generator().manual_seed(0)
     x0, eps = torch.randn(400_000, generator=g), torch.randn(400_000, generator=g)
@@ -44,7 +44,7 @@ def _std_of_xt(t: float) -> float:
 
 
 def _u_at_snr_one(shift: float) -> float:
-    from .flow import timestep_schedule  # t(u) = s u / (1 + (s - 1) u); SNR of unit latents is 1 at t = 1/2
+    from ..inference.flow import timestep_schedule  # t(u) = s u / (1 + (s - 1) u); SNR of unit latents is 1 at t = 1/2
 
     def t_of(u):
         return float(shift * u / (1 + (shift - 1) * u))

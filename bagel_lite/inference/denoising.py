@@ -14,14 +14,14 @@ from collections.abc import Callable
 import torch
 from PIL import Image
 
+from ..loading.transforms import tensor_to_pil
+from ..model.masks import KeyMask
+from ..model.patchify import image_position_ids, unpatchify
+from ..model.qwen2_mot import KV
 from .contexts import Context, Reader
 from .flow import guidance_branches, guidance_scales, guided_velocity, sample
-from .masks import KeyMask
-from .patchify import image_position_ids, unpatchify
 from .progress import StepInfo
-from .qwen2_mot import KV
 from .settings import T2I_SETTINGS, ImageSettings, check_image_shape, check_init_noise
-from .transforms import tensor_to_pil
 
 BRANCHES = ("cond", "text", "img")  # the contexts gen, cfg_text, cfg_img
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from .checks import check_bool, check_choice, check_float, check_int
+from ..model.checks import check_bool, check_choice, check_float, check_int
 from .flow import RENORM_TYPES
 
 MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed accepts

@@ -25,9 +25,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .autoencoder import AutoEncoder
-from .bagel import Bagel
-from .config import (
+from ..model.autoencoder import AutoEncoder
+from ..model.bagel import Bagel
+from ..model.config import (
     AEConfig,
     BagelConfig,
     ae_from_json,

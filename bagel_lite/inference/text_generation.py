@@ -9,10 +9,10 @@ from dataclasses import dataclass, replace
 import torch
 from tqdm.auto import tqdm
 
+from ..loading.tokenizer import cut_generated
 from .contexts import Context, ContextFull, Reader
 from .progress import GenerationStopped, TokenInfo
 from .settings import check_text_sampling
-from .tokenizer import cut_generated
 
 
 @dataclass(frozen=True)
