@@ -1,4 +1,5 @@
-"""The project's own promises: README numbers, one dependency list, CI runs the README's command."""
+"""The project's own promises: documented numbers, a short README whose links resolve, one dependency list,
+CI runs the README's command."""
 
 from __future__ import annotations
 
@@ -11,12 +12,21 @@ from bagel_lite.loading.checkpoint import build
 from bagel_lite.model import config
 
 
-def test_readme_parameter_counts_are_the_computed_ones():
-    readme = (REPO / "README.md").read_text()
+def test_the_documented_parameter_counts_are_the_computed_ones():
+    page = (REPO / "docs" / "gpu.md").read_text()
     counts = build(config.full(), device="meta")[0].num_parameters()
     for key in ("total", "language_model", "generation_expert", "active_understanding_token",
                 "active_generation_token", "vit_and_connector"):
-        assert f"{counts[key]:,}" in readme, f"README lacks the {key} count {counts[key]:,}"
+        assert f"{counts[key]:,}" in page, f"docs/gpu.md lacks the {key} count {counts[key]:,}"
+
+
+def test_the_readme_is_short_and_its_links_resolve():
+    """The README is the front door (under 12 KB); every page it or a docs page links exists."""
+    readme = REPO / "README.md"
+    assert len(readme.read_bytes()) < 12 * 1024
+    for page in [readme, *(REPO / "docs").glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#:]+)\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name} links {target}, which does not exist"
 
 
 def test_environment_yml_installs_the_package_extras_only():
