@@ -23,18 +23,18 @@ def make_call(pipe, spec: dict, golden: Path):
 
     if kind == "und":
         captured = {}
-        generate_text = pipe.generate_text
+        write = pipe.engine.write
 
-        def timed_generate_text(*a, **kw):  # the token loop only: the image and question are read before it
-            captured["text"] = common.timed(lambda: generate_text(*a, **kw))
+        def timed_write(*a, **kw):  # the token loop only: the image and question are read before it
+            captured["text"] = common.timed(lambda: write(*a, **kw))
             return captured["text"][1]
 
-        pipe.generate_text = timed_generate_text
+        pipe.engine.write = timed_write
 
         def call():
             pipe.answer(image, spec["prompt"], max_tokens=spec["max_tokens"])
-            secs, ids = captured["text"]
-            return secs, len(ids), {"text_ids": list(ids)}
+            secs, written = captured["text"]
+            return secs, len(written.ids), {"text_ids": list(written.ids)}
         return call
 
     def call():

@@ -158,7 +158,7 @@ def time_image(pipe: Pipeline, device: torch.device, make) -> tuple[dict, object
     result = {"total_s": round(meter.seconds, 3), "peak_gib": meter.peak_gib and round(meter.peak_gib, 2),
               **clock.summary(), "finite": bool(torch.isfinite(out.latents).all())}
     with Meter(device) as decode:
-        pipe.decode_image(out.latents, (out.image.height, out.image.width))
+        pipe.engine.decode_image(out.latents, (out.image.height, out.image.width))
     result["decode_s"] = round(decode.seconds, 3)
     result["decode_peak_gib"] = decode.peak_gib and round(decode.peak_gib, 2)
     return result, out
@@ -182,10 +182,10 @@ def edit(pipe, device, image, steps):
 def understand(pipe: Pipeline, device, image: Image.Image, tokens: int) -> dict:
     """Prefill (ViT + question) and greedy decoding speed; the random model rarely stops early."""
     with Meter(device) as prefill:
-        ctx = pipe.add_image(Context(), pipe.vae_transform.resize(image), vae=False)
-        ctx = pipe.add_text(ctx, QUESTION)
+        ctx = pipe.engine.read(Context(), pipe.vae_transform.resize(image), vae=False)
+        ctx = pipe.engine.read(ctx, QUESTION)
     with Meter(device) as decode:
-        ids = pipe.generate_text(ctx, max_length=tokens)
+        ids = pipe.engine.write(ctx, max_tokens=tokens).ids
     return {"context_tokens": ctx.kv_len, "prefill_s": round(prefill.seconds, 3),
             "prefill_peak_gib": prefill.peak_gib and round(prefill.peak_gib, 2), "tokens": len(ids),
             "tokens_per_s": round(len(ids) / decode.seconds, 1),
@@ -226,10 +226,10 @@ def profile(pipe: Pipeline, device, size: int) -> dict:
     from torch.profiler import profile as torch_profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    ctx = pipe.add_text(Context(), QUESTION)
+    ctx = pipe.engine.read(Context(), QUESTION)
     tables = {}
     with torch.no_grad():
-        for name, work in (("understanding_8_tokens", lambda: pipe.generate_text(ctx, max_length=8)),
+        for name, work in (("understanding_8_tokens", lambda: pipe.engine.write(ctx, max_tokens=8).ids),
                            ("t2i_3_steps", lambda: pipe.generate(PROMPT, image_shape=(size, size), seed=0,
                                                                  num_timesteps=4, progress=False))):
             with torch_profile(activities=activities) as prof:

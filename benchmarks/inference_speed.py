@@ -58,11 +58,11 @@ def main():
     question = "What is in the image?"
 
     def understand():
-        ctx = pipe.add_image(bagel_lite.Context(), pipe.vae_transform.resize(image), vae=False)
-        ctx = pipe.add_text(ctx, question)
+        ctx = pipe.engine.read(bagel_lite.Context(), pipe.vae_transform.resize(image), vae=False)
+        ctx = pipe.engine.read(ctx, question)
         start = time.perf_counter()
         # generate exactly args.tokens tokens: the random model may stop early at <|im_end|>, so count them
-        ids = pipe.generate_text(ctx, max_length=args.tokens)
+        ids = pipe.engine.write(ctx, max_tokens=args.tokens).ids
         return len(ids), time.perf_counter() - start
 
     with torch.no_grad():

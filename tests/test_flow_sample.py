@@ -44,7 +44,8 @@ def test_seedx_guidance_follows_the_same_rule():
         return x * cond.mean()
 
     noise, cond, negative = torch.randn(1, 16, 64), torch.full((1, 3), 2.0), torch.zeros(1, 3)
-    off = seedx_sample(velocity, cond, negative, (1, 16, 64), SamplerSettings(4, cfg_scale=1.0), init_noise=noise)
-    below = seedx_sample(velocity, cond, negative, (1, 16, 64), SamplerSettings(4, cfg_scale=0.5), init_noise=noise)
-    on = seedx_sample(velocity, cond, negative, (1, 16, 64), SamplerSettings(4, cfg_scale=3.0), init_noise=noise)
+    shape = (1, 16, 64)
+    off = seedx_sample(velocity, cond, negative, shape, settings=SamplerSettings(4, cfg_scale=1.0), init_noise=noise)
+    below = seedx_sample(velocity, cond, negative, shape, settings=SamplerSettings(4, cfg_scale=0.5), init_noise=noise)
+    on = seedx_sample(velocity, cond, negative, shape, settings=SamplerSettings(4, cfg_scale=3.0), init_noise=noise)
     assert torch.equal(off, below) and not torch.equal(off, on)

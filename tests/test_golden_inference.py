@@ -79,7 +79,7 @@ def test_golden_case(name, golden, pipe):
     latent = unpatchify(result.latents, lh // p, lw // p, p, pipe.model.config.latent_channels)[None]
     torch.testing.assert_close(latent, ref["final_latent"], atol=atol, rtol=rtol)
     with torch.no_grad():
-        decoded = pipe.decode_latents(result.latents, result.image_shape)
+        decoded = pipe.engine.decode_latents(result.latents, result.image_shape)
     torch.testing.assert_close(decoded, ref["decoded"], atol=atol, rtol=rtol)
     pixels = torch.from_numpy(np.array(result.outputs[-1])).int()
     diff = (pixels - ref["image_uint8"].int()).abs()

@@ -63,13 +63,14 @@ def test_init_noise_is_used(pipe):
 def test_cache_matches_one_long_pass(pipe):
     """Appending two segments through the cache equals attending over both at once."""
     with torch.no_grad():
-        ctx = pipe.add_text(Context(), "a red")
+        ctx = pipe.engine.read(Context(), "a red")
         ids_b = torch.tensor(pipe.tokenizer.encode(" circle"))
         rows_b = pipe.model.embed_text(ids_b)
-        hidden_cached, _ = pipe.forward_rows(ctx, rows_b, ctx.rope + torch.arange(len(ids_b)), None, causal=True)
+        reader = pipe.engine.reader
+        hidden_cached, _ = reader.forward_rows(ctx, rows_b, ctx.rope + torch.arange(len(ids_b)), None, causal=True)
         all_ids = torch.tensor([pipe.special.bos, *pipe.tokenizer.encode("a red"), pipe.special.eos, *ids_b.tolist()])
-        hidden_full, _ = pipe.forward_rows(Context(), pipe.model.embed_text(all_ids), torch.arange(len(all_ids)), None,
-                                       causal=True)
+        hidden_full, _ = reader.forward_rows(Context(), pipe.model.embed_text(all_ids), torch.arange(len(all_ids)),
+                                             None, causal=True)
     torch.testing.assert_close(hidden_cached, hidden_full[-len(ids_b):], atol=1e-5, rtol=1e-5)
 
 
@@ -80,9 +81,9 @@ def test_bottom_right_causal_mask_sees_the_cache():
 
 def test_image_block_shares_one_position_and_text_counts_up(pipe, picture):
     with torch.no_grad():
-        ctx = pipe.add_image(Context(), pipe.vae_transform.resize(picture))
+        ctx = pipe.engine.read(Context(), pipe.vae_transform.resize(picture))
         assert ctx.rope == 2  # VAE block at 0, ViT block at 1
-        after = pipe.add_text(ctx, "hi")
+        after = pipe.engine.read(ctx, "hi")
     assert after.rope == 2 + len(pipe.tokenizer.encode("hi")) + 2
     assert after.kv_len == ctx.kv_len + len(pipe.tokenizer.encode("hi")) + 2
 

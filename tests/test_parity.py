@@ -11,7 +11,7 @@ ours                            reference                                       
 ``Bagel.hidden_states`` +       ``transformers.Qwen3ForCausalLM``,              logits 0 (bit-exact) / atol 1e-5;
 ``logits`` (understanding       ``attention_bias=True``; ``generate``           greedy ids identical
 expert only),
-``Engine.generate_text``
+``Engine.write``
 ``SiglipNaViT`` (NaViT)         ``transformers.SiglipVisionModel``              1e-6 / atol 1e-5
 ``AutoEncoder`` (FLUX)          ``diffusers.AutoencoderKL`` (FLUX config)      mean 8e-7 / atol 1e-5;
                                                                                 image 6e-6 / atol 1e-4
@@ -139,8 +139,8 @@ def test_llm_greedy_text_matches_qwen3_generate(llm_pair):
     engine = Engine(ours, None, tokenizer, special)
     prompt = "what color is the large circle on the left?"
     with torch.no_grad():
-        ctx = engine.add_text(Context(), prompt)  # <|im_start|> prompt <|im_end|>, positions 0..n-1
-        ids = engine.generate_text(ctx, max_length=10)  # <|im_start|> + up to 9 new ids, without <|im_end|>
+        ctx = engine.read(Context(), prompt)  # <|im_start|> prompt <|im_end|>, positions 0..n-1
+        ids = engine.write(ctx, max_tokens=10).ids  # <|im_start|> + up to 9 new ids, without <|im_end|>
         # transformers: the same prompt ids, then <|im_start|> to start the answer, as the engine does.
         prompt_ids = [special.bos, *tokenizer.encode(prompt), special.eos, special.bos]
         out = ref.generate(torch.tensor([prompt_ids]), max_new_tokens=9, do_sample=False,

@@ -101,8 +101,8 @@ def test_stop_interrupts_a_run(pg):
     started = threading.Event()
     original = pg._callback
 
-    def slow_callback(n):
-        inner = original(n)
+    def slow_callback(n, shape):
+        inner = original(n, shape)
 
         def cb(info):
             started.set()
@@ -174,3 +174,12 @@ def test_every_label_is_translated_and_used(pg):
 def test_guidance_sliders_say_that_a_scale_of_one_or_less_is_off(pg):
     assert pg.t2i_sampler.cfg_text.description == "cfg_text_scale (≤1: off)"
     assert pg.edit_sampler.cfg_img.description == "cfg_img_scale (≤1: off)"
+
+
+def test_the_understand_tab_shows_the_call_that_asks_again(pg, pipe):
+    """The reproducing line of an answer is the answer's own (``Answer.call``), and it asks the same again."""
+    pg.set_und_image(render(Scene("circle", "red", "left", "large")))
+    pg.und_question.value = "what color is the circle?"
+    pg.answer_clicked(wait=True)
+    assert pg.message == pg.last_answer.call and pg.message.startswith("pipe.answer(image, 'what color is")
+    assert eval(pg.message, {"pipe": pipe, "image": pg.und_image}) == pg.last_answer

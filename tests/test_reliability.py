@@ -104,8 +104,8 @@ def test_a_failed_or_stopped_chat_turn_changes_nothing(pg, failure):
     pg.chat_clicked(wait=True)  # one good turn first
     original = pg._callback
 
-    def failing_callback(n):
-        inner = original(n)
+    def failing_callback(n, shape):
+        inner = original(n, shape)
 
         def cb(info):
             inner(info)
@@ -163,7 +163,7 @@ def test_chat_with_images_ignores_the_global_random_state(pipe, picture):
     states = []
     for global_seed in (1, 2):
         torch.manual_seed(global_seed)
-        chat = Conversation(pipe)
+        chat = Conversation(pipe.engine)
         chat.send("what is this?", image=picture, seed=9, max_tokens=3)
         chat.send("draw it", reply_image=True, seed=10, image_shape=(32, 32), num_timesteps=3)
         states.append(chat.state)

@@ -123,7 +123,7 @@ def test_guided_sampling_batches_both_branches_like_two_separate_calls():
     cond, negative = torch.randn(2, 3, 6), torch.randn(1, 3, 6)
     noise = torch.randn(2, 16, 64)
     settings = SamplerSettings(num_timesteps=4, cfg_scale=2.5)
-    batched = sample(dt, cond, negative, (2, 16, 64), settings, init_noise=noise)
+    batched = sample(dt, cond, negative, (2, 16, 64), settings=settings, init_noise=noise)
     x = noise.clone()  # the same Euler steps written out one branch at a time
     ts = [1.0, 2 / 3, 1 / 3, 0.0]
     with torch.no_grad():
@@ -132,9 +132,9 @@ def test_guided_sampling_batches_both_branches_like_two_separate_calls():
             v_c, v_n = dt(x, tt, cond), dt(x, tt, negative.expand(2, -1, -1))
             x = x - (v_n + 2.5 * (v_c - v_n)) * (t - t_next)
     assert torch.allclose(batched, x, atol=1e-5)
-    same = sample(dt, cond[:1], cond[:1], (1, 16, 64), SamplerSettings(num_timesteps=4, cfg_scale=7.0),
+    same = sample(dt, cond[:1], cond[:1], (1, 16, 64), settings=SamplerSettings(num_timesteps=4, cfg_scale=7.0),
                   init_noise=noise[:1])
-    off = sample(dt, cond[:1], cond[:1], (1, 16, 64), SamplerSettings(num_timesteps=4, cfg_scale=1.0),
+    off = sample(dt, cond[:1], cond[:1], (1, 16, 64), settings=SamplerSettings(num_timesteps=4, cfg_scale=1.0),
                  init_noise=noise[:1])
     assert torch.allclose(same, off, atol=1e-5)  # guiding against the condition itself is no guidance
 
@@ -274,7 +274,7 @@ def test_a_short_adaptation_lowers_the_detokenizer_loss(pipe):
             return flow_matching_loss(lambda x_t, t: dt(x_t, t, embeddings), tables.tokens,
                                       torch.Generator().manual_seed(9)).item()
 
-    trained = adapt_detokenizer(base, tables, stats, 4, "kv", AblationSettings(detok_steps=30, batch=16, warmup=5),
+    trained = adapt_detokenizer(base, tables, stats, 4, "kv", s=AblationSettings(detok_steps=30, batch=16, warmup=5),
                                 log=lambda line: None)
     assert loss(trained) < 0.9 * loss(untrained)
     assert torch.equal(trained.denoiser.latent_in.weight, base.latent_in.weight)  # "kv" left the rest alone

@@ -156,3 +156,29 @@ def test_every_checkpoint_name_is_defined_literally():
              if not part.isdigit()}
     assert "q_proj_moe_gen" in names
     assert not names - defined, f"made without a literal assignment: {sorted(names - defined)}"
+
+
+def test_no_function_takes_more_than_five_positional_parameters():
+    """Long calls are keyword-only past the fifth parameter (``self`` and ``cls`` not counted)."""
+    long = []
+    for name, (tree, _) in modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                positional = [a for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")]
+                if len(positional) > 5:
+                    long.append(f"{name}.{node.name}: {len(positional)}")
+    assert not long, long
+
+
+def test_no_class_only_combines_others_by_inheritance():
+    """A class of the package that inherits from another class of the package adds something of its own (the
+    engine holds its reader, writer and drawer instead of inheriting from them)."""
+    ours = {node.name for tree, _ in modules().values() for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
+    empty = []
+    for name, (tree, _) in modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and any(getattr(b, "id", None) in ours for b in node.bases):
+                body = [n for n in node.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+                if not body or all(isinstance(n, ast.Pass) for n in body):
+                    empty.append(f"{name}.{node.name}")
+    assert not empty, empty

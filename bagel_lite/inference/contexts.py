@@ -8,8 +8,8 @@ counters — ``kv_len`` (cached tokens) and ``rope`` (the next free 1D position)
   for the whole block;
 * an image as clean VAE latents (for editing), same wrapping; its latent tokens use the generation expert.
 
-``Reader`` holds the model, its autoencoder, tokenizer and image transforms, and does the reading; writing
-text (``text_generation.py``) and drawing (``denoising.py``) build on it.
+``Reader`` holds the model, its autoencoder, tokenizer and image transforms, and does the reading; the text
+writer (``text_generation.py``) and the image drawer (``denoising.py``) each hold one (``engine.py``).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class ContextFull(ValueError):
 class Reader:
     """The model, its autoencoder and tokenizer, and reading text and images into a ``Context``."""
 
-    def __init__(self, model: Bagel, ae: AutoEncoder, tokenizer, special: SpecialTokens,
+    def __init__(self, model: Bagel, ae: AutoEncoder, tokenizer, special: SpecialTokens, *,
                  vae_transform: ImageTransform | None = None, vit_transform: ImageTransform | None = None):
         self.model, self.ae, self.tokenizer, self.special = model, ae, tokenizer, special
         cfg = model.config

@@ -33,12 +33,12 @@ from PIL import Image
 
 from ..loading.transforms import pil_img2rgb
 from ..model.checks import check_bool
+from .calls import Variable, call_line
 from .contexts import Context, ContextFull
 from .engine import Engine
 from .settings import (
     SETTING_NAMES,
     T2I_SETTINGS,
-    ImageSettings,
     check_text,
     check_text_sampling,
     image_settings,
@@ -59,7 +59,6 @@ class State:
     cfg_text: Context = Context()
     cfg_img: Context = Context()
     turns: tuple[Turn, ...] = ()
-    input_shape: tuple[int, int] | None = None  # (height, width) of the last image read, after the VAE resize
 
 
 @dataclass
@@ -83,7 +82,7 @@ class Conversation:
         self.engine = engine
         self.state = State()
         if system is not None:  # a think-mode system prompt: in the full and the image-free context
-            self.state = State(gen=engine.add_text(Context(), system), cfg_img=engine.add_text(Context(), system))
+            self.state = State(gen=engine.read(Context(), system), cfg_img=engine.read(Context(), system))
 
     @contextmanager
     def turn(self) -> Iterator[Conversation]:
@@ -108,47 +107,44 @@ class Conversation:
     def say(self, text: str, role: str = "user"):
         """Append a text: the text-unconditional branch keeps the context before it."""
         s, text = self.state, check_text("prompt", text)
-        self.state = replace(s, gen=self.engine.add_text(s.gen, text), cfg_text=s.gen,
-                             cfg_img=self.engine.add_text(s.cfg_img, text), turns=s.turns + (Turn(role, text),))
+        self.state = replace(s, gen=self.engine.read(s.gen, text), cfg_text=s.gen,
+                             cfg_img=self.engine.read(s.cfg_img, text), turns=s.turns + (Turn(role, text),))
 
     def show(self, image: Image.Image, generator: torch.Generator, vae: bool = True, role: str = "user"):
         """Append an image (VAE latents if ``vae``, then ViT tokens), resized as every input image is.
         Images never enter the image-free context."""
         s = self.state
         resized = self.engine.vae_transform.resize(pil_img2rgb(image))
-        gen = self.engine.add_image(s.gen, resized, vae=vae, vit=True, generator=generator)
-        self.state = replace(s, gen=gen, cfg_text=gen, turns=s.turns + (Turn(role, image),),
-                             input_shape=(resized.height, resized.width))
+        gen = self.engine.read(s.gen, resized, vae=vae, vit=True, generator=generator)
+        self.state = replace(s, gen=gen, cfg_text=gen, turns=s.turns + (Turn(role, image),))
 
     def remember_plan(self, plan: str):
         """A think-mode plan conditions only the full context, as in the official code."""
-        self.state = replace(self.state, gen=self.engine.add_text(self.state.gen, plan),
+        self.state = replace(self.state, gen=self.engine.read(self.state.gen, plan),
                              turns=self.state.turns + (Turn("model", plan),))
 
     def remember_reply(self, text: str):
         """The model's answer joins the conversation (full and image-free contexts)."""
         s = self.state
-        self.state = replace(s, gen=self.engine.add_text(s.gen, text), cfg_img=self.engine.add_text(s.cfg_img, text),
+        self.state = replace(s, gen=self.engine.read(s.gen, text), cfg_img=self.engine.read(s.cfg_img, text),
                              turns=s.turns + (Turn("model", text),))
 
     # --- writing --------------------------------------------------------------------------------------------
 
-    def write(self, max_tokens: int, do_sample: bool, temperature: float, generator: torch.Generator,
-              callback=None, progress: bool = False) -> tuple[list[int], Answer]:
+    def write(self, *, max_tokens: int, do_sample: bool = False, temperature: float = 1.0,
+              generator: torch.Generator | None = None, callback=None, progress: bool = False
+              ) -> tuple[list[int], Answer]:
         """Write text after the full context: the ids (from ``<|im_start|>``) and the decoded text, which says
         whether the model finished it (``Answer.finished``)."""
-        written = self.engine.write_text(self.state.gen, max_tokens, do_sample, temperature, generator, progress,
-                                         callback)
-        return written.ids, Answer(self.engine.decode_text(written.ids), written.finished, max_tokens)
+        written = self.engine.write(self.state.gen, max_tokens=max_tokens, do_sample=do_sample,
+                                    temperature=temperature, generator=generator, progress=progress,
+                                    callback=callback)
+        return written.ids, Answer(written.text, written.finished, max_tokens)
 
-    def draw(self, image_shape: tuple[int, int], settings: ImageSettings, generator: torch.Generator,
-             init_noise: torch.Tensor | None = None, callback=None, batch_cfg: bool = True,
-             progress: bool = False) -> tuple[torch.Tensor, Image.Image]:
-        """Draw an image after the three contexts: its (N, 64) latent tokens and the decoded picture."""
+    def guidance(self) -> dict[str, Context]:
+        """The three contexts an image is drawn after: ``engine.draw(conv.guidance(), ...)``."""
         s = self.state
-        tokens = self.engine.generate_image(image_shape, s.gen, s.cfg_text, s.cfg_img, settings, init_noise,
-                                            generator, callback, batch_cfg, progress)
-        return tokens, self.engine.decode_image(tokens, image_shape)
+        return {"cond": s.gen, "text": s.cfg_text, "img": s.cfg_img}
 
     # --- a chat turn ----------------------------------------------------------------------------------------
 
@@ -168,8 +164,7 @@ class Conversation:
         check_bool("reply_image", reply_image)
         check_text("message", text)
         check_text_sampling("max_tokens", max_tokens, self.engine.model.config.llm.max_position_embeddings, False, 1)
-        shape = self.engine.check_image_shape(
-            self.engine.default_image_shape() if image_shape is None else image_shape)
+        shape = self.engine.image_shape(image_shape)
         seed, generator = make_generator(seed)
         attach = image is not None and not self.contains(image)  # an image already read is not read twice
         try:
@@ -188,14 +183,17 @@ class Conversation:
                 self.show(image, generator)
             self.say(text)
             if reply_image:
-                return self._draw_reply(text, attach, shape, chosen, seed, generator, callback)
-            _, answer = self.write(max_tokens, False, 1.0, generator, text_callback)
+                return self._draw_reply(text, attach=attach, shape=shape, chosen=chosen, seed=seed,
+                                        generator=generator, callback=callback)
+            _, answer = self.write(max_tokens=max_tokens, generator=generator, callback=text_callback)
             self.remember_reply(answer)
             call = _send_call(text, attach, seed, max_tokens=max_tokens)
             return Reply(answer, None, seed, {"max_tokens": max_tokens}, call)
 
-    def _draw_reply(self, text, attach, shape, chosen, seed, generator, callback) -> Reply:
-        tokens, image = self.draw(shape, chosen, generator, callback=callback)
+    def _draw_reply(self, text, *, attach, shape, chosen, seed, generator, callback) -> Reply:
+        drawn = self.engine.draw(self.guidance(), image_shape=shape, settings=chosen, generator=generator,
+                                 callback=callback, progress=False)
+        tokens, image = drawn.latents, drawn.image
         self.show(image, generator, role="model")  # the drawn image joins the conversation
         changed = {k: v for k, v in vars(chosen).items() if getattr(T2I_SETTINGS, k) != v}
         call = _send_call(text, attach, seed, reply_image=True, image_shape=shape, **changed)
@@ -205,11 +203,4 @@ class Conversation:
 def _send_call(text: str, attach: bool, seed: int, **kwargs) -> str:
     """``chat.send(...)``: given `chat` in the state before the turn (and `image`, when one was attached)."""
     kwargs = {"image": Variable("image"), **kwargs} if attach else kwargs
-    return f"chat.send({text!r}, seed={seed}" + "".join(f", {k}={v!r}" for k, v in kwargs.items()) + ")"
-
-
-class Variable(str):
-    """A variable's name inside a shown call (``image``, ``init_noise``): its repr is the bare name."""
-
-    def __repr__(self):
-        return str(self)
+    return call_line("chat", "send", text, seed=seed, **kwargs)

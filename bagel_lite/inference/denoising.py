@@ -10,6 +10,7 @@ them by ``flow.guided_velocity``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -23,7 +24,7 @@ from .flow import guidance_branches, guidance_scales, guided_velocity, sample
 from .progress import StepInfo
 from .settings import T2I_SETTINGS, ImageSettings, check_image_shape, check_init_noise
 
-BRANCHES = ("cond", "text", "img")  # the contexts gen, cfg_text, cfg_img
+BRANCHES = ("cond", "text", "img")  # the contexts of guidance: full, without the last text, without images
 
 
 class BranchBatch:
@@ -96,53 +97,69 @@ class GuidedVelocity:
         vs = self.run(names, rows) if self.batch_cfg else torch.cat([self.run((name,), rows) for name in names])
         self.branches = dict(zip(names, vs))
         return guided_velocity(self.branches["cond"], self.branches.get("text"), self.branches.get("img"),
-                               cfg_text_scale, cfg_img_scale, s.cfg_renorm_type, s.cfg_renorm_min)
+                               cfg_text_scale, cfg_img_scale, cfg_renorm_type=s.cfg_renorm_type,
+                               cfg_renorm_min=s.cfg_renorm_min)
 
 
-class ImageDrawer(Reader):
-    """Reading, plus drawing images."""
+@dataclass(frozen=True)
+class Drawn:
+    """What a model drew: its (N, 64) latent tokens, the decoded picture and the (height, width) it was drawn at."""
 
-    def default_image_shape(self) -> tuple[int, int]:
-        """The largest square the latent position table covers, at most 1024 x 1024."""
-        cfg = self.model.config
-        side = min(1024, cfg.max_latent_size * cfg.latent_downsample)
-        return side, side
+    latents: torch.Tensor
+    image: Image.Image
+    image_shape: tuple[int, int]
 
-    def check_image_shape(self, image_shape) -> tuple[int, int]:
-        """(height, width) as ints, multiples of the latent stride within the latent position table."""
-        cfg = self.model.config
-        return check_image_shape(image_shape, cfg.latent_downsample, cfg.max_latent_size * cfg.latent_downsample)
 
-    def generate_image(self, image_shape: tuple[int, int], gen: Context, cfg_text: Context, cfg_img: Context,
-                       settings: ImageSettings = T2I_SETTINGS, init_noise: torch.Tensor | None = None,
-                       generator: torch.Generator | None = None, callback: Callable[[StepInfo], object] | None = None,
-                       batch_cfg: bool = True, progress: bool = True) -> torch.Tensor:
-        """Denoise latent tokens from noise; returns (N, 64) float32 latent tokens of an image of image_shape.
-        ``callback`` gets a ``StepInfo`` at every step; returning False stops (``GenerationStopped``)."""
-        cfg = self.model.config
-        image_shape = self.check_image_shape(image_shape)
+class ImageDrawer:
+    """Drawing images with a ``Reader``'s model and autoencoder: the output size, denoising, decoding."""
+
+    def __init__(self, reader: Reader):
+        self.reader = reader
+
+    def image_shape(self, image_shape=None, source: Image.Image | None = None) -> tuple[int, int]:
+        """The (height, width) an image is drawn at -- the one rule for every caller: ``image_shape`` when given
+        (checked: multiples of the latent stride, within the latent position table); else the size the VAE
+        transform gives ``source`` (an edit keeps its input's size); else the largest square the table covers,
+        at most 1024 x 1024."""
+        cfg = self.reader.model.config
+        largest = cfg.max_latent_size * cfg.latent_downsample
+        if image_shape is None and source is not None:
+            image_shape = self.reader.vae_transform.size_of(source)
+        if image_shape is None:
+            image_shape = (min(1024, largest),) * 2
+        return check_image_shape(image_shape, cfg.latent_downsample, largest)
+
+    def draw(self, contexts: dict[str, Context], *, image_shape: tuple[int, int] | None = None,
+             settings: ImageSettings = T2I_SETTINGS, generator: torch.Generator | None = None,
+             init_noise: torch.Tensor | None = None, callback: Callable[[StepInfo], object] | None = None,
+             batch_cfg: bool = True, progress: bool = True) -> Drawn:
+        """Denoise latent tokens from noise after ``contexts`` (``"cond"``, ``"text"``, ``"img"``: the full one,
+        the one without the last text, the one without images) and decode them: the (N, 64) float32 latent
+        tokens, the picture and its (height, width) (``image_shape``; the default when None). ``callback`` gets
+        a ``StepInfo`` at every step; returning False stops (``GenerationStopped``)."""
+        r, cfg = self.reader, self.reader.model.config
+        image_shape = self.image_shape(image_shape)
         if not isinstance(settings, ImageSettings):
             raise TypeError(f"settings must be an ImageSettings, got {type(settings).__name__}")
-        velocity = GuidedVelocity(self, image_shape, dict(zip(BRANCHES, (gen, cfg_text, cfg_img))), settings,
-                                  batch_cfg)
+        velocity = GuidedVelocity(r, image_shape, contexts, settings, batch_cfg)
         if init_noise is None:
             init_noise = torch.randn(velocity.n, cfg.patch_latent_dim, generator=generator)  # on the CPU, as official
-        x = check_init_noise(init_noise, velocity.n, cfg.patch_latent_dim, image_shape).to(self.device, torch.float32)
+        x = check_init_noise(init_noise, velocity.n, cfg.patch_latent_dim, image_shape).to(r.device, torch.float32)
 
         def on_step(k, t, x_t, v):
             b = velocity.branches
             return callback(StepInfo(k, t, x_t, b["cond"], b.get("text"), b.get("img"), v))
 
-        return sample(velocity, x, settings.num_timesteps, settings.timestep_shift,
-                      on_step if callback is not None else None, progress)
+        latents = sample(velocity, x, settings.num_timesteps, settings.timestep_shift,
+                         callback=on_step if callback is not None else None, progress=progress)
+        return Drawn(latents, self.decode_image(latents, image_shape), image_shape)
 
     def decode_latents(self, tokens: torch.Tensor, image_shape: tuple[int, int]) -> torch.Tensor:
         """(N, 64) latent tokens -> (1, 3, H, W) decoded image in about [-1, 1]."""
-        cfg = self.model.config
+        cfg, ae = self.reader.model.config, self.reader.ae
         rows, cols = image_shape[0] // cfg.latent_downsample, image_shape[1] // cfg.latent_downsample
         latent = unpatchify(tokens, rows, cols, cfg.latent_patch_size, cfg.latent_channels)  # (16, H/8, W/8)
-        ae_device = next(self.ae.parameters()).device
-        return self.ae.decode(latent[None].to(ae_device, torch.float32))
+        return ae.decode(latent[None].to(next(ae.parameters()).device, torch.float32))
 
     def decode_image(self, tokens: torch.Tensor, image_shape: tuple[int, int]) -> Image.Image:
         """(N, 64) latent tokens -> the decoded PIL image."""

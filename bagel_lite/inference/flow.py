@@ -76,7 +76,7 @@ def _norm_ratio(reference: torch.Tensor, guided: torch.Tensor, per_token: bool, 
 
 
 def guided_velocity(v_c: torch.Tensor, v_text: torch.Tensor | None, v_img: torch.Tensor | None,
-                    cfg_text_scale: float, cfg_img_scale: float, cfg_renorm_type: str = "global",
+                    cfg_text_scale: float, cfg_img_scale: float, *, cfg_renorm_type: str = "global",
                     cfg_renorm_min: float = 0.0) -> torch.Tensor:
     """Combine the branch velocities (each (N, 64)) into the one used for the Euler step.
 
@@ -110,7 +110,7 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.T
 
 @torch.no_grad()
 def sample(velocity_fn: Callable[[torch.Tensor, float], torch.Tensor], noise: torch.Tensor, num_timesteps: int,
-           timestep_shift: float = 1.0, callback: Callable | None = None, progress: bool = False) -> torch.Tensor:
+           timestep_shift: float = 1.0, *, callback: Callable | None = None, progress: bool = False) -> torch.Tensor:
     """The sampling loop: Euler steps from ``noise`` (t = 1) to the image (t = 0) along ``velocity_fn(x, t)``.
 
     ``num_timesteps`` grid points of ``timestep_schedule`` give ``num_timesteps - 1`` steps; t is handed to

@@ -32,10 +32,13 @@ from ..loading.devices import (
     load_on_gpus,
     load_quantized,
 )
-from ..loading.tokenizer import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT
-from ..loading.transforms import read_image, resized_size
+from ..loading.tokenizer import GEN_THINK_SYSTEM_PROMPT, VLM_THINK_SYSTEM_PROMPT, SpecialTokens
+from ..loading.transforms import ImageTransform, read_image
+from ..model.autoencoder import AutoEncoder
+from ..model.bagel import Bagel
 from ..model.checks import check_bool
-from .conversation import Conversation, Variable
+from .calls import Variable, call_line
+from .conversation import Conversation
 from .engine import Engine
 from .settings import (
     EDIT_SETTINGS,
@@ -75,7 +78,19 @@ class Generated:
         return self.image._repr_png_()
 
 
-class Pipeline(Engine):
+class Pipeline:
+    """The one-line API over an ``Engine``: ``generate``, ``edit``, ``answer``, ``chat`` and the general ``run``.
+
+    It holds the engine (``pipe.engine``: ``read`` / ``write`` / ``draw``) and, for a closer look, the engine's
+    model, autoencoder, tokenizer, markers and image transforms under their own names."""
+
+    def __init__(self, model: Bagel, ae: AutoEncoder, tokenizer, special: SpecialTokens, *,
+                 vae_transform: ImageTransform | None = None, vit_transform: ImageTransform | None = None):
+        self.engine = Engine(model, ae, tokenizer, special, vae_transform=vae_transform,
+                             vit_transform=vit_transform)
+        self.model, self.ae, self.tokenizer, self.special = model, ae, tokenizer, special
+        self.vae_transform, self.vit_transform = self.engine.vae_transform, self.engine.vit_transform
+
     @classmethod
     def from_folder(cls, folder: str | Path, device: str | torch.device | None = None,
                     dtype: torch.dtype | None = None, quantize: str | None = None, **transforms) -> Pipeline:
@@ -112,7 +127,7 @@ class Pipeline(Engine):
 
     def chat(self) -> Conversation:
         """A conversation kept across turns: ``chat.send("a red circle", reply_image=True, seed=1)``."""
-        return Conversation(self)
+        return Conversation(self.engine)
 
     def interleave(self, items: list, **kwargs) -> list:
         """The official ``interleave_inference``: the list of outputs of ``run``."""
@@ -129,11 +144,13 @@ class Pipeline(Engine):
         with the raw ids and latents. Everything is checked before any compute. ``callback`` gets each Euler
         step (``StepInfo``), ``text_callback`` each written token (``TokenInfo``); either stops the run by
         returning False. Without a ``generator`` one is made from a fresh seed (never the global RNG)."""
-        items, shape = self._check_run(items, think, understanding_output, max_think_tokens, do_sample,
-                                       temperature, settings, image_shape, init_noise, batch_cfg)
+        items, shape = self._check_run(items, think=think, understanding_output=understanding_output,
+                                       max_think_tokens=max_think_tokens, do_sample=do_sample,
+                                       temperature=temperature, settings=settings, image_shape=image_shape,
+                                       init_noise=init_noise, batch_cfg=batch_cfg)
         generator = generator if generator is not None else make_generator(None)[1]
         system = (VLM_THINK_SYSTEM_PROMPT if understanding_output else GEN_THINK_SYSTEM_PROMPT) if think else None
-        conv = Conversation(self, system)
+        conv = Conversation(self.engine, system)
         with conv.turn():
             for item in items:
                 if isinstance(item, str):
@@ -150,14 +167,15 @@ class Pipeline(Engine):
                 ids, plan = conv.write(**write)
                 conv.remember_plan(plan)  # the plan conditions only the full branch
                 outputs.append(plan)
-            shape = shape or conv.state.input_shape or self.default_image_shape()
-            tokens, image = conv.draw(shape, settings, generator, init_noise, callback, batch_cfg, progress)
-            return InterleaveResult(outputs + [image], ids, tokens, shape)
+            drawn = self.engine.draw(conv.guidance(), image_shape=shape, settings=settings, generator=generator,
+                                     init_noise=init_noise, callback=callback, batch_cfg=batch_cfg,
+                                     progress=progress)
+            return InterleaveResult(outputs + [drawn.image], ids, drawn.latents, drawn.image_shape)
 
-    def _check_run(self, items, think, understanding_output, max_think_tokens, do_sample, temperature, settings,
-                   image_shape, init_noise, batch_cfg) -> tuple[list, tuple[int, int] | None]:
-        """Every input of ``run``, checked before any compute: the items (images read in full) and the
-        output size (None: the size of the last input image, known only after its resize)."""
+    def _check_run(self, items, *, think, understanding_output, max_think_tokens, do_sample, temperature,
+                   settings, image_shape, init_noise, batch_cfg) -> tuple[list, tuple[int, int] | None]:
+        """Every input of ``run``, checked before any compute: the items (images read in full) and the output
+        size (``Engine.image_shape``: as asked, else the last input image's, else the default; None for text)."""
         if not isinstance(items, (list, tuple)) or not items:
             raise ValueError("items must be a non-empty list of prompt strings and images")
         items = [check_text("prompt", x) if isinstance(x, str) else read_image(x, "items image") for x in items]
@@ -172,14 +190,7 @@ class Pipeline(Engine):
         if not isinstance(settings, ImageSettings):
             raise TypeError(f"settings must be an ImageSettings, got {type(settings).__name__}")
         images = [x for x in items if isinstance(x, Image.Image)]
-        if image_shape is not None:
-            shape = self.check_image_shape(image_shape)
-        elif images:
-            shape = self.check_image_shape(resized_size(*images[-1].size, self.vae_transform.max_size,
-                                                        self.vae_transform.min_size, self.vae_transform.stride,
-                                                        self.vae_transform.max_pixels)[::-1])
-        else:
-            shape = self.default_image_shape()
+        shape = self.engine.image_shape(image_shape, source=images[-1] if images else None)
         if init_noise is not None:
             cfg = self.model.config
             n = (shape[0] // cfg.latent_downsample) * (shape[1] // cfg.latent_downsample)
@@ -196,12 +207,12 @@ class Pipeline(Engine):
         cfg_text_scale 4, cfg_img_scale 1, cfg_interval (0.4, 1), timestep_shift 3, num_timesteps 50, global."""
         chosen = image_settings(T2I_SETTINGS, settings)
         check_text("prompt", prompt)
-        shape = self.check_image_shape(self.default_image_shape() if image_shape is None else image_shape)
+        shape = self.engine.image_shape(image_shape)
         seed, generator = make_generator(seed)
         res = self.run([prompt], think=think, settings=chosen, image_shape=shape, generator=generator,
                        init_noise=init_noise, callback=callback, text_callback=text_callback,
                        max_think_tokens=max_think_tokens, batch_cfg=batch_cfg, progress=progress)
-        call = _call("generate", repr(prompt), seed=seed, image_shape=shape,
+        call = call_line("pipe", "generate", prompt, seed=seed, image_shape=shape,
                      **_run_kwargs(think, max_think_tokens, init_noise, batch_cfg), **_changed(chosen, T2I_SETTINGS))
         return Generated(res.outputs[-1], res.outputs[0] if think else None, seed, asdict(chosen), call,
                          res.latents, res.text_ids)
@@ -218,7 +229,7 @@ class Pipeline(Engine):
         res = self.run([image, instruction], think=think, settings=chosen, generator=generator,
                        init_noise=init_noise, callback=callback, text_callback=text_callback,
                        max_think_tokens=max_think_tokens, batch_cfg=batch_cfg, progress=progress)
-        call = _call("edit", "image", repr(instruction), seed=seed,
+        call = call_line("pipe", "edit", Variable("image"), instruction, seed=seed,
                      **_run_kwargs(think, max_think_tokens, init_noise, batch_cfg), **_changed(chosen, EDIT_SETTINGS))
         return Generated(res.outputs[-1], res.outputs[0] if think else None, seed, asdict(chosen), call,
                          res.latents, res.text_ids)
@@ -234,10 +245,15 @@ class Pipeline(Engine):
         check_text_sampling("max_tokens", max_tokens, self.model.config.llm.max_position_embeddings, do_sample,
                             temperature)
         items = [question] if image is None else [read_image(image), question]
-        _, generator = make_generator(seed)
-        return self.run(items, think=think, understanding_output=True, max_think_tokens=max_tokens,
-                        do_sample=do_sample, temperature=temperature, generator=generator, text_callback=callback,
-                        progress=progress).outputs[0]
+        seed, generator = make_generator(seed)
+        out = self.run(items, think=think, understanding_output=True, max_think_tokens=max_tokens,
+                       do_sample=do_sample, temperature=temperature, generator=generator, text_callback=callback,
+                       progress=progress).outputs[0]
+        options = {"think": True} if think else {}
+        options.update({"do_sample": True, "temperature": temperature, "seed": seed} if do_sample else {})
+        call = call_line("pipe", "answer", None if image is None else Variable("image"), question,
+                         max_tokens=max_tokens, **options)
+        return Answer(out, out.finished, max_tokens, call=call)
 
 
 def _changed(settings: ImageSettings, defaults: ImageSettings) -> dict:
@@ -252,11 +268,6 @@ def _run_kwargs(think: bool, max_think_tokens: int, init_noise, batch_cfg: bool)
     if not batch_cfg:
         kwargs["batch_cfg"] = False
     return kwargs
-
-
-def _call(method: str, *args: str, **kwargs) -> str:
-    """``pipe.method(args, k=v, ...)``: the Python that makes the same output again."""
-    return f"pipe.{method}(" + ", ".join([*args, *(f"{k}={v!r}" for k, v in kwargs.items())]) + ")"
 
 
 def load(folder: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None,

@@ -17,10 +17,11 @@ from .settings import check_text_sampling
 
 @dataclass(frozen=True)
 class Written:
-    """The ids a model wrote (from ``<|im_start|>``), and whether it ended them with ``<|im_end|>``."""
+    """What a model wrote: its ids (from ``<|im_start|>``), whether it ended them with ``<|im_end|>``, the text."""
 
     ids: list[int]
     finished: bool
+    text: str
 
 
 class Answer(str):
@@ -29,10 +30,11 @@ class Answer(str):
 
     finished: bool
     max_tokens: int | None
+    call: str  # the Python that asks again (``pipe.answer(...)``), when a pipeline made it
 
-    def __new__(cls, text: str, finished: bool = True, max_tokens: int | None = None):
+    def __new__(cls, text: str, finished: bool = True, max_tokens: int | None = None, call: str = ""):
         answer = super().__new__(cls, text)
-        answer.finished, answer.max_tokens = finished, max_tokens
+        answer.finished, answer.max_tokens, answer.call = finished, max_tokens, call
         return answer
 
     def __repr__(self) -> str:
@@ -50,40 +52,38 @@ def next_token(logits: torch.Tensor, do_sample: bool, temperature: float, genera
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 
-class TextWriter(Reader):
-    """Reading, plus writing text."""
+class TextWriter:
+    """Writing text with a ``Reader``'s model: the tokens it chooses after a context, one at a time."""
 
-    def generate_text(self, ctx: Context, max_length: int = 1000, do_sample: bool = False, temperature: float = 1.0,
-                      generator: torch.Generator | None = None, progress: bool = False,
-                      callback: Callable[[TokenInfo], object] | None = None) -> list[int]:
+    def __init__(self, reader: Reader):
+        self.reader = reader
+
+    def write(self, ctx: Context, *, max_tokens: int = 1000, do_sample: bool = False, temperature: float = 1.0,
+              generator: torch.Generator | None = None, progress: bool = False,
+              callback: Callable[[TokenInfo], object] | None = None) -> Written:
         """Token ids from ``<|im_start|>`` (included) up to, not including, ``<|im_end|>``; at most
-        ``max_length`` ids in all. ``ctx`` itself is left unchanged. A ``callback`` that returns False stops
-        the writing (``GenerationStopped``); so does reaching the model's last position before ``<|im_end|>``
-        (``ContextFull``: no answer is silently cut). ``write_text`` also says whether ``<|im_end|>`` came."""
-        return self.write_text(ctx, max_length, do_sample, temperature, generator, progress, callback).ids
-
-    def write_text(self, ctx: Context, max_length: int = 1000, do_sample: bool = False, temperature: float = 1.0,
-                   generator: torch.Generator | None = None, progress: bool = False,
-                   callback: Callable[[TokenInfo], object] | None = None) -> Written:
-        """``generate_text``'s ids, and whether the model ended them (False: ``max_length`` ran out first)."""
-        limit = self.model.config.llm.max_position_embeddings
-        check_text_sampling("max_length", max_length, limit, do_sample, temperature)
-        token, ids = self.special.bos, []
-        for step in tqdm(range(max_length), desc="text tokens", disable=not progress, leave=False):
+        ``max_tokens`` ids in all, and whether ``<|im_end|>`` came before they ran out. ``ctx`` itself is left
+        unchanged. A ``callback`` that returns False stops the writing (``GenerationStopped``); so does reaching
+        the model's last position before ``<|im_end|>`` (``ContextFull``: no answer is silently cut)."""
+        r = self.reader
+        limit = r.model.config.llm.max_position_embeddings
+        check_text_sampling("max_tokens", max_tokens, limit, do_sample, temperature)
+        token, ids = r.special.bos, []
+        for step in tqdm(range(max_tokens), desc="text tokens", disable=not progress, leave=False):
             if ctx.rope >= limit:
                 raise ContextFull(f"the answer reached the model's last position ({limit}) after {step} tokens "
                                   "without finishing: shorten the prompt or the conversation (new chat)")
             ids.append(token)
-            rows = self.model.embed_text(torch.tensor([token], device=self.device))
-            hidden, ctx = self.forward_rows(ctx, rows, torch.tensor([ctx.rope], device=self.device), None, True)
+            rows = r.model.embed_text(torch.tensor([token], device=r.device))
+            hidden, ctx = r.forward_rows(ctx, rows, torch.tensor([ctx.rope], device=r.device), None, True)
             ctx = replace(ctx, rope=ctx.rope + 1)
-            token = next_token(self.model.logits(hidden[-1]).float(), do_sample, temperature, generator)
+            token = next_token(r.model.logits(hidden[-1]).float(), do_sample, temperature, generator)
             if callback is not None and callback(TokenInfo(step, token)) is False:
                 raise GenerationStopped(step, "token")
-            if token == self.special.eos:
-                return Written(ids, True)
-        return Written(ids, False)
+            if token == r.special.eos:
+                return Written(ids, True, self.decode(ids))
+        return Written(ids, False, self.decode(ids))
 
-    def decode_text(self, ids: list[int]) -> str:
+    def decode(self, ids: list[int]) -> str:
         """The written ids as text, without the ``<|im_start|>`` they start with."""
-        return cut_generated(self.tokenizer.decode(ids))
+        return cut_generated(self.reader.tokenizer.decode(ids))

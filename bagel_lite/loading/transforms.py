@@ -83,7 +83,7 @@ def _fit(width: int, height: int, scale: float, stride: int) -> tuple[int, int]:
     return to_stride(round(width * scale)), to_stride(round(height * scale))
 
 
-def resized_size(width: int, height: int, max_size: int, min_size: int, stride: int,
+def resized_size(width: int, height: int, max_size: int, min_size: int, stride: int, *,
                  max_pixels: int = MAX_PIXELS, img_num: int = 1) -> tuple[int, int]:
     """The (width, height) the official resize rule picks for an image of ``width`` x ``height``."""
     scale = min(max_size / max(width, height), 1.0)
@@ -100,8 +100,14 @@ class ImageTransform:
     def __init__(self, max_size: int, min_size: int, stride: int, max_pixels: int = MAX_PIXELS):
         self.max_size, self.min_size, self.stride, self.max_pixels = max_size, min_size, stride, max_pixels
 
+    def size_of(self, image: Image.Image, img_num: int = 1) -> tuple[int, int]:
+        """The (height, width) ``resize`` gives ``image``, without resizing it."""
+        w, h = resized_size(*image.size, self.max_size, self.min_size, self.stride, max_pixels=self.max_pixels,
+                            img_num=img_num)
+        return h, w
+
     def resize(self, image: Image.Image, img_num: int = 1) -> Image.Image:
-        w, h = resized_size(*image.size, self.max_size, self.min_size, self.stride, self.max_pixels, img_num)
+        h, w = self.size_of(image, img_num)
         return image if (w, h) == image.size else image.resize((w, h), Image.BICUBIC)
 
     def to_tensor(self, image: Image.Image) -> torch.Tensor:

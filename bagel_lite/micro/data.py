@@ -118,7 +118,7 @@ class SampleMaker:
     pixels. A move never draws a held-out picture; ``tests/test_micro.py`` checks that pixel for pixel.
     """
 
-    def __init__(self, tokenizer, latent_of, transform: ImageTransform | None = None,
+    def __init__(self, tokenizer, latent_of, *, transform: ImageTransform | None = None,
                  question_weights: dict | None = None, edit_weights: dict | None = None, question_shift: int = 0):
         self.tokenizer, self.latent_of = tokenizer, latent_of
         self.transform = transform or micro_transform()

@@ -32,7 +32,7 @@ def _mask(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
     canvas = Image.new("L", (SIZE, SIZE), 0)
     if shape == "triangle":
         cy -= r / 3  # the drawing is centred on the bounding box; the centroid sits r/3 lower
-    draw_shape(ImageDraw.Draw(canvas), shape, cx, cy, r, 255)
+    draw_shape(ImageDraw.Draw(canvas), shape, cx, cy, r, fill=255)
     return np.asarray(canvas) > 0
 
 
@@ -126,7 +126,7 @@ def autoencoder_quality(ae, n: int = 200, seed: int = 10_000) -> dict[str, float
     return {"ae_psnr": round(psnr, 2), "ae_attribute_acc": acc}
 
 
-def evaluate_model(pipe, n_t2i: int = 100, n_vqa: int = 200, n_edit: int = 100, seed: int = 10_000,
+def evaluate_model(pipe, *, n_t2i: int = 100, n_vqa: int = 200, n_edit: int = 100, seed: int = 10_000,
                    num_timesteps: int = 50, progress: bool = True, n_ae: int = 0) -> dict:
     """Held-out accuracy of a micro model: every scene is drawn from the held-out set (``world.is_held_out``,
     never used in training) with ``seed``; each seed gives a fresh set.

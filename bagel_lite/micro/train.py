@@ -136,7 +136,7 @@ class Resumable:
 
 # --- 1. the autoencoder -----------------------------------------------------------------------------------
 
-def train_autoencoder(ae: AutoEncoder, s: TrainSettings, state: dict | None = None,
+def train_autoencoder(ae: AutoEncoder, s: TrainSettings, *, state: dict | None = None,
                       saver: Resumable | None = None, clock=None, path: CpuPath | None = None) -> dict:
     """Reconstruction (L1 + L2, object pixels weighted 5x so the small shapes are not drowned by the white
     background) plus a light KL term, on training scenes only. The log-variance head starts at -8 (posterior
@@ -251,14 +251,14 @@ def reconstruction_error(ae: AutoEncoder, n: int = 64, seed: int = 123) -> float
 
 # --- 2. BAGEL ---------------------------------------------------------------------------------------------
 
-def _bagel_step(model, opt, params, seq, lr, s, gen) -> dict:
+def _bagel_step(model, opt, params, seq, lr, *, s, gen) -> dict:
     set_lr(opt, lr)
     losses = packed_loss(model, seq, s.timestep_shift, gen)  # float32: at these widths bf16 is no faster here
     optimizer_step(opt, losses["ce"] + losses["mse"], clip=params)
     return losses
 
 
-def train_bagel(model: Bagel, tokenizer, special, table: PosteriorTable, ae_cfg, s: TrainSettings, log=print,
+def train_bagel(model: Bagel, tokenizer, special, table: PosteriorTable, ae_cfg, *, s: TrainSettings, log=print,
                 on_eval=None, state: dict | None = None, saver: Resumable | None = None, clock=None,
                 phase: str = "bagel") -> tuple:
     """Train with the packed recipe; returns (the EMA model, the training log). ``phase`` names the states
@@ -293,7 +293,7 @@ def train_bagel(model: Bagel, tokenizer, special, table: PosteriorTable, ae_cfg,
         weights = (0.0, 1.0, 0.0) if step < s.align_steps else s.task_weights
         for task in rng.choices(TASKS, weights=weights, k=s.samples_per_step):
             seq.add_sample(maker.sample(task, rng), model, rng)
-        losses = _bagel_step(model, opt, params, seq, cosine_lr(step, total, s.lr, s.warmup, 0.1), s, gen)
+        losses = _bagel_step(model, opt, params, seq, cosine_lr(step, total, s.lr, s.warmup, 0.1), s=s, gen=gen)
         ema_update(ema, model, ema_decay(step, s.ema))
         history["ce"].append(round(losses["ce"].item(), 4))
         history["mse"].append(round(losses["mse"].item(), 4))
@@ -321,7 +321,8 @@ def _quick_eval(ae, tokenizer, special):
         from .data import micro_transform
         from .evaluate import evaluate_model
 
-        pipe = Pipeline(ema_model, ae, tokenizer, special, micro_transform(), micro_transform())
+        pipe = Pipeline(ema_model, ae, tokenizer, special, vae_transform=micro_transform(),
+                        vit_transform=micro_transform())
         m = evaluate_model(pipe, n_t2i=15, n_vqa=40, n_edit=15, num_timesteps=20, progress=False, seed=999)
         keys = ("t2i_color_acc", "t2i_position_acc", "t2i_shape_acc", "t2i_size_acc", "vqa_acc",
                 "vqa_position_acc", "edit_success")
@@ -372,7 +373,7 @@ def _train(out: Path, s: TrainSettings, log, state_path: Path | None, path: CpuP
         log(f"note: the state was saved on the {state['cpu_path']} path; this run continues on {path.name}, so its "
             "bits will differ from a run that never stopped")
     saver = _WithExtra(saver, {"cpu_path": path.name})
-    ae_stats = _autoencoder(ae, s, state, saver, clock, log, path)
+    ae_stats = _autoencoder(ae, s, state=state, saver=saver, clock=clock, log=log, path=path)
     table = PosteriorTable(ae, s.encode_block, path)
     if s.shipped_autoencoder:  # its scale and shift were measured when it was trained
         shipped = read_config(CHECKPOINT).vae
@@ -382,8 +383,9 @@ def _train(out: Path, s: TrainSettings, log, state_path: Path | None, path: CpuP
     for p in ae.parameters():
         p.requires_grad_(False)
     on_eval = _quick_eval(ae, tokenizer, special) if s.eval_every else None
-    ema, history = _bagel_stages(model, tokenizer, special, table, ae.config, s, log, on_eval, state,
-                                 _WithExtra(saver, {"ae_final": ae.state_dict(), "ae_stats": ae_stats}), clock)
+    ema, history = _bagel_stages(model, tokenizer, special, table, ae.config, s=s, log=log, on_eval=on_eval,
+                                 state=state, clock=clock,
+                                 saver=_WithExtra(saver, {"ae_final": ae.state_dict(), "ae_stats": ae_stats}))
     seconds = clock()
     log(f"trained in {seconds:.0f} s")
     if s.weights_dtype != "float32":
@@ -400,7 +402,7 @@ def _train(out: Path, s: TrainSettings, log, state_path: Path | None, path: CpuP
     return stats
 
 
-def _autoencoder(ae: AutoEncoder, s: TrainSettings, state: dict | None, saver, clock, log, path: CpuPath) -> dict:
+def _autoencoder(ae: AutoEncoder, s: TrainSettings, *, state: dict | None, saver, clock, log, path: CpuPath) -> dict:
     """Phase 1: train the autoencoder (or take the shipped one); its quality on held-out scenes."""
     if state is not None and state["phase"] != "ae":  # a state of phase 2 carries the finished autoencoder
         ae.load_state_dict(state["ae_final"])
@@ -409,7 +411,7 @@ def _autoencoder(ae: AutoEncoder, s: TrainSettings, state: dict | None, saver, c
         load_autoencoder(ae, CHECKPOINT)
         ae_stats, source = {"ae_rec_loss": None, "ae_curve": []}, "the shipped autoencoder"
     else:
-        ae_stats = train_autoencoder(ae, s, state, saver, clock, path)
+        ae_stats = train_autoencoder(ae, s, state=state, saver=saver, clock=clock, path=path)
         source = f"autoencoder after {clock():.0f} s"
     ae_stats.update(autoencoder_quality(ae, s.ae_eval_scenes))
     log(f"{source}: PSNR {ae_stats['ae_psnr']} dB, every attribute read back right on "
@@ -417,7 +419,7 @@ def _autoencoder(ae: AutoEncoder, s: TrainSettings, state: dict | None, saver, c
     return ae_stats
 
 
-def _bagel_stages(model, tokenizer, special, table, ae_cfg, s: TrainSettings, log, on_eval, state: dict | None,
+def _bagel_stages(model, tokenizer, special, table, ae_cfg, *, s: TrainSettings, log, on_eval, state: dict | None,
                   saver, clock) -> tuple:
     """Stage 2 (alignment, then mixed) and, if the recipe has one, stage 3 (``FinalStage``) from the weights
     stage 2 would ship. Returns (the EMA model, the log of both stages, stage 3 starting at ``final_start``)."""
@@ -425,8 +427,8 @@ def _bagel_stages(model, tokenizer, special, table, ae_cfg, s: TrainSettings, lo
     if phase == "final":  # stage 2 had finished when the state was saved
         history = state["stage2"]
     else:
-        ema, history = train_bagel(model, tokenizer, special, table, ae_cfg, s, log, on_eval,
-                                   state if phase == "bagel" else None, saver, clock)
+        ema, history = train_bagel(model, tokenizer, special, table, ae_cfg, s=s, log=log, on_eval=on_eval,
+                                   state=state if phase == "bagel" else None, saver=saver, clock=clock)
     f = s.final
     if f is None:
         return ema, history
@@ -436,9 +438,9 @@ def _bagel_stages(model, tokenizer, special, table, ae_cfg, s: TrainSettings, lo
         log(f"stage 3: {f.steps} steps from the stored weights, question pictures moved by up to "
             f"{f.question_shift} px")
     freeze_for_final(model, f)
-    ema, final = train_bagel(model, tokenizer, special, table, ae_cfg, final_settings(s), log, on_eval,
-                             state if phase == "final" else None, _WithExtra(saver, {"stage2": history}), clock,
-                             phase="final")
+    ema, final = train_bagel(model, tokenizer, special, table, ae_cfg, s=final_settings(s), log=log, on_eval=on_eval,
+                             state=state if phase == "final" else None, clock=clock, phase="final",
+                             saver=_WithExtra(saver, {"stage2": history}))
     start = len(history["ce"])
     return ema, {"ce": history["ce"] + final["ce"], "mse": history["mse"] + final["mse"], "final_start": start,
                  "evals": history["evals"] + [{**e, "step": e["step"] + start} for e in final["evals"]]}

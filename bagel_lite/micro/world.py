@@ -55,7 +55,7 @@ class Scene:
 EMPTY = Scene(None)
 
 
-def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, *, fill) -> None:
     """Draw one shape of half-width ``r`` whose bounding box is centred on (cx, cy)."""
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
@@ -72,7 +72,7 @@ def render(scene: Scene) -> Image.Image:
     if not scene.empty:
         cx, cy = POSITIONS[scene.position]
         draw_shape(ImageDraw.Draw(image), scene.shape, cx + scene.jitter[0], cy + scene.jitter[1],
-                   SIZES[scene.size], COLORS[scene.color])
+                   SIZES[scene.size], fill=COLORS[scene.color])
     return image
 
 

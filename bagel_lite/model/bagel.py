@@ -79,7 +79,7 @@ class Bagel(nn.Module):
         """
         llm = self.config.llm
         cos, sin = rope_cos_sin(position_ids, llm.head_dim, llm.rope_theta, x.dtype)  # (B, L, head_dim)
-        return self.language_model.model(x, gen_mask, cos, sin, allowed, past)
+        return self.language_model.model(x, gen_mask, cos, sin, allowed, past=past)
 
     def compile_decoder(self, dynamic: bool = True) -> Bagel:
         """Optional compiled mode: ``torch.compile`` the MoT decoder stack in place, with dynamic shapes so that a

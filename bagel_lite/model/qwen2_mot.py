@@ -135,7 +135,7 @@ class PackedAttentionMoT(nn.Module):
 
         return fn
 
-    def forward(self, x, gen_mask, cos, sin, allowed, past: KV | None = None):
+    def forward(self, x, gen_mask, cos, sin, allowed, *, past: KV | None = None):
         """x: (B, L, hidden); cos/sin: (B, L, head_dim); allowed: (B, 1, L, T+L) bool, a mask object of
         ``masks`` (KeyMask, PackedMask) or None.
 
@@ -171,9 +171,9 @@ class Qwen2MoTDecoderLayer(nn.Module):
         self.post_attention_layernorm = Qwen2RMSNorm(d, eps)
         self.post_attention_layernorm_moe_gen = Qwen2RMSNorm(d, eps)
 
-    def forward(self, x, gen_mask, cos, sin, allowed, past: KV | None = None):
+    def forward(self, x, gen_mask, cos, sin, allowed, *, past: KV | None = None):
         a = by_expert(x, gen_mask, self.input_layernorm, self.input_layernorm_moe_gen)
-        attn_out, kv = self.self_attn(a, gen_mask, cos, sin, allowed, past)
+        attn_out, kv = self.self_attn(a, gen_mask, cos, sin, allowed, past=past)
         x = x + attn_out
         a = by_expert(x, gen_mask, self.post_attention_layernorm, self.post_attention_layernorm_moe_gen)
         x = x + by_expert(a, gen_mask, self.mlp, self.mlp_moe_gen)
@@ -192,12 +192,12 @@ class MoTDecoder(nn.Module):
         self.norm = Qwen2RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.norm_moe_gen = Qwen2RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, gen_mask, cos, sin, allowed, past: list[KV] | None = None):
+    def forward(self, x, gen_mask, cos, sin, allowed, *, past: list[KV] | None = None):
         """x: (B, L, hidden) input embeddings. Returns final hidden states (B, L, hidden) and per-layer K/V."""
         route = None if gen_mask is None else Routing.of(gen_mask)  # found once, used by every layer
         kvs = []
         for i, layer in enumerate(self.layers):
-            x, kv = layer(x, route, cos, sin, allowed, None if past is None else past[i])
+            x, kv = layer(x, route, cos, sin, allowed, past=None if past is None else past[i])
             kvs.append(kv)
         return by_expert(x, route, self.norm, self.norm_moe_gen), kvs
 

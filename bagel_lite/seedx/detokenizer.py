@@ -141,7 +141,8 @@ class DeTokenizer(nn.Module):
 
     def __init__(self, cfg: DenoiserConfig, vit_dim: int, num_queries: int = 16, resampler_depth: int = 2):
         super().__init__()
-        self.resampler = Resampler(vit_dim, cfg.context_dim, num_queries, cfg.context_dim, resampler_depth, cfg.heads)
+        self.resampler = Resampler(vit_dim, cfg.context_dim, num_queries, width=cfg.context_dim, depth=resampler_depth,
+                                   heads=cfg.heads)
         self.denoiser = Denoiser(cfg)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
@@ -190,7 +191,7 @@ def _rows(cond) -> tuple[torch.Tensor, ...]:
     return cond if isinstance(cond, tuple) else (cond,)
 
 
-def sample(velocity: Callable, cond, negative, shape: tuple[int, ...], settings: SamplerSettings = SamplerSettings(),
+def sample(velocity: Callable, cond, negative, shape: tuple[int, ...], *, settings: SamplerSettings = SamplerSettings(),
            generator: torch.Generator | None = None, init_noise: torch.Tensor | None = None,
            progress: bool = False) -> torch.Tensor:
     """Draw latent tokens of ``shape`` (B, 16, 64) by ``flow.sample`` along ``velocity(x_t, t, *condition)``.

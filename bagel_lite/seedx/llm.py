@@ -69,7 +69,7 @@ class QueryRegressor(nn.Module):
     > 1: a multi-layer Perceiver resampler with feed-forward blocks.
     """
 
-    def __init__(self, base: Bagel, tokenizer, special: SpecialTokens, n: int, out_dim: int, head_depth: int = 1,
+    def __init__(self, base: Bagel, tokenizer, special: SpecialTokens, n: int, *, out_dim: int, head_depth: int = 1,
                  lora_rank: int = 8):
         super().__init__()
         self.tokenizer, self.special, self.n = tokenizer, special, n

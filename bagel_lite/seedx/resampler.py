@@ -68,7 +68,7 @@ class ResamplerLayer(nn.Module):
 class Resampler(nn.Module):
     """(B, M, in_dim) inputs -> (B, num_queries, out_dim), whatever M is."""
 
-    def __init__(self, in_dim: int, out_dim: int, num_queries: int, width: int, depth: int = 1, heads: int = 4,
+    def __init__(self, in_dim: int, out_dim: int, num_queries: int, *, width: int, depth: int = 1, heads: int = 4,
                  feedforward: bool = True):
         super().__init__()
         self.num_queries = num_queries

@@ -173,8 +173,8 @@ class SeedX:
             if head != "cross" and not path.is_file():
                 raise ValueError(f"no {head!r} head for N = {n}: the ablation trains it for "
                                  f"N = {self.settings['compare_n']} only")
-            reg = QueryRegressor(self.pipe.model, self.pipe.tokenizer, self.pipe.special, n, self.vit_dim,
-                                 HEADS[head], self.settings["lora_rank"])
+            reg = QueryRegressor(self.pipe.model, self.pipe.tokenizer, self.pipe.special, n, out_dim=self.vit_dim,
+                                 head_depth=HEADS[head], lora_rank=self.settings["lora_rank"])
             load_into(reg, path, set(reg.trainable_state_dict()))
             self._cache[key] = reg.eval().requires_grad_(False)
         return self._cache[key]
@@ -202,7 +202,8 @@ class SeedX:
         if embeddings.ndim != 3 or embeddings.shape[1:] != (n, self.vit_dim):
             raise ValueError(f"embeddings must be (batch, {n}, {self.vit_dim}), got {tuple(embeddings.shape)}")
         dt, noise = self.detokenizer(n, mode), self._noise(embeddings.shape[0], seed)
-        tokens = sample(dt, embeddings, self.negative(n), noise.shape, self._settings(sampler), init_noise=noise)
+        tokens = sample(dt, embeddings, self.negative(n), noise.shape, settings=self._settings(sampler),
+                        init_noise=noise)
         return self.decode(tokens)
 
     def reconstruct(self, images, n: int, mode: str = "kv", seed: int = 0, **sampler) -> list[Image.Image]:
@@ -238,7 +239,7 @@ class SeedX:
 
         b, noise = len(prompts), self._noise(len(prompts), seed)
         tokens = sample(velocity, (states[:b], valid[:b]), (states[b:], valid[b:]), noise.shape,
-                        self._settings(sampler), init_noise=noise)
+                        settings=self._settings(sampler), init_noise=noise)
         return self.decode(tokens)
 
 

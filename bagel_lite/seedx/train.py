@@ -127,7 +127,7 @@ class CaptionTable:
 
 # --- training loops ---------------------------------------------------------------------------------------
 
-def _optimize(params, steps: int, lr: float, warmup: int, loss_fn, desc: str, log) -> None:
+def _optimize(params, steps: int, lr: float, warmup: int, loss_fn, *, desc: str, log) -> None:
     """``steps`` AdamW steps on ``loss_fn() -> (loss, what to show)``: cosine schedule, gradients clipped to 1."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     bar = tqdm(range(steps), desc=desc, leave=False)
@@ -155,11 +155,11 @@ def train_base(pipe, tables: Tables, captions: CaptionTable, s: AblationSettings
         loss = flow_matching_loss(lambda x_t, t: denoiser(x_t, t, context, valid), tables.tokens[rows], gen)
         return loss, {"mse": f"{loss.item():.4f}"}
 
-    _optimize(params, s.base_steps, s.base_lr, s.warmup, loss_fn, "base (caption -> image)", log)
+    _optimize(params, s.base_steps, s.base_lr, s.warmup, loss_fn, desc="base (caption -> image)", log=log)
     return denoiser.eval(), conditioner.eval()
 
 
-def adapt_detokenizer(base: Denoiser, tables: Tables, stats, n: int, mode: str, s: AblationSettings, log=print):
+def adapt_detokenizer(base: Denoiser, tables: Tables, stats, n: int, mode: str, *, s: AblationSettings, log=print):
     """Make the base read N pooled ViT embeddings: SEED-X trains only the resampler and to_k / to_v ("kv")."""
     dt = DeTokenizer(DENOISER, tables.grid.shape[-1], **RESAMPLER)
     dt.denoiser.load_state_dict(base.state_dict())
@@ -176,14 +176,14 @@ def adapt_detokenizer(base: Denoiser, tables: Tables, stats, n: int, mode: str, 
         return loss, {"mse": f"{loss.item():.4f}"}
 
     dt.train()
-    _optimize(params, s.detok_steps, s.detok_lr, s.warmup, loss_fn, f"de-tokenizer N={n} ({mode})", log)
+    _optimize(params, s.detok_steps, s.detok_lr, s.warmup, loss_fn, desc=f"de-tokenizer N={n} ({mode})", log=log)
     return dt.eval()
 
 
-def train_regressor(pipe, tables: Tables, stats, n: int, head: str, s: AblationSettings, log=print):
+def train_regressor(pipe, tables: Tables, stats, n: int, head: str, *, s: AblationSettings, log=print):
     """The LLM with N query tokens regressing the standardized pooled embeddings of the captioned scene."""
-    reg = QueryRegressor(pipe.model, pipe.tokenizer, pipe.special, n, tables.grid.shape[-1], HEADS[head],
-                         s.lora_rank)
+    reg = QueryRegressor(pipe.model, pipe.tokenizer, pipe.special, n, out_dim=tables.grid.shape[-1],
+                         head_depth=HEADS[head], lora_rank=s.lora_rank)
     params = [p for p in reg.parameters() if p.requires_grad]
     targets = standardize(pool(tables.grid, n), stats, n)  # (S, n, D)
     rng = random.Random(s.seed + 3)
@@ -195,7 +195,7 @@ def train_regressor(pipe, tables: Tables, stats, n: int, head: str, s: AblationS
         return s.lm_loss_scale * ce + s.rec_loss_scale * mse, {"mse": f"{mse.item():.3f}", "ce": f"{ce.item():.3f}"}
 
     reg.train()
-    _optimize(params, s.llm_steps, s.llm_lr, s.warmup, loss_fn, f"regressor N={n} ({head} head)", log)
+    _optimize(params, s.llm_steps, s.llm_lr, s.warmup, loss_fn, desc=f"regressor N={n} ({head} head)", log=log)
     return reg.eval()
 
 
@@ -236,14 +236,14 @@ def _ablate(out: Path, s: AblationSettings, log) -> dict:
 
     start = time.time()
     for n, mode in [(n, "kv") for n in N_CHOICES] + [(s.compare_n, "full")]:
-        dt = adapt_detokenizer(denoiser, tables, stats, n, mode, s, log)
+        dt = adapt_detokenizer(denoiser, tables, stats, n, mode, s=s, log=log)
         save_tensors(out / detokenizer_file(n, mode),
                      {k: v for k, v in dt.state_dict().items() if dt.trains(k, mode)})
     seconds["detokenizers"] = time.time() - start
 
     start = time.time()
     for n, head in [(n, "cross") for n in N_CHOICES] + [(s.compare_n, "deep")]:
-        reg = train_regressor(pipe, tables, stats, n, head, s, log)
+        reg = train_regressor(pipe, tables, stats, n, head, s=s, log=log)
         save_tensors(out / regressor_file(n, head), reg.trainable_state_dict())
     seconds["regressors"] = time.time() - start
     train_seconds = time.time() - t0

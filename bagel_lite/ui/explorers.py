@@ -80,10 +80,10 @@ class SamplerExplorer:
         """The final image and the decoded clean-image estimates along the trajectory."""
         from ..workbook.viz import show_images
 
-        traj, shape = self.trajectory, self.pipe.default_image_shape()
+        traj, shape = self.trajectory, self.pipe.engine.image_shape()
         picks = sorted({round(i * (len(traj.ts) - 1) / max(self.frames - 1, 1)) for i in range(self.frames)})
         with torch.no_grad():
-            frames = [self.pipe.decode_latents(traj.estimates[i], shape)[0] for i in picks]
+            frames = [self.pipe.engine.decode_latents(traj.estimates[i], shape)[0] for i in picks]
         return show_images(frames + [self.last.image], [f"x0_hat at t={traj.ts[i]:.2f}" for i in picks] + ["final"],
                            size=1.7, suptitle=f"{self.prompt.value!r}: the clean image guessed at each step "
                                               "(flow time t: 1 = noise, 0 = image)")

@@ -282,16 +282,16 @@ class Playground:
         color = "#b00" if error else "#333"
         self.info.value = f"<div style='color:{color}'>{html.escape(text)}</div>"
 
-    def _callback(self, num_steps: int):
+    def _callback(self, num_steps: int, shape: tuple[int, int]):
+        """The sampler callback of a run drawing at ``shape``: the bar, a preview every few steps, Stop."""
         self.progress.max, self.progress.value = num_steps, 0
-        shape = self._shape
 
         def callback(info):
             self.progress.value = info.step + 1
             if info.step % self.preview_every == 0:
                 with torch.no_grad():
                     estimate = info.x_t - info.t * info.v  # the model's current guess of the clean latents
-                    self.preview.value = to_png(self.pipe.decode_image(estimate, shape), scale=2)
+                    self.preview.value = to_png(self.pipe.engine.decode_image(estimate, shape), scale=2)
             return not self._stop.is_set()
 
         return callback
@@ -313,10 +313,10 @@ class Playground:
     def generate_clicked(self, wait: bool = False):
         def work():
             settings = self.t2i_sampler.values()
-            self._shape = image_shape_for(self.t2i_ratio.value, self.side, self.step)
-            out = self.pipe.generate(self.t2i_prompt.value, seed=self.seed.value, image_shape=self._shape,
+            shape = image_shape_for(self.t2i_ratio.value, self.side, self.step)
+            out = self.pipe.generate(self.t2i_prompt.value, seed=self.seed.value, image_shape=shape,
                                      think=self.t2i_think.value, max_think_tokens=self.max_think.value,
-                                     callback=self._callback(settings["num_timesteps"] - 1),
+                                     callback=self._callback(settings["num_timesteps"] - 1, shape),
                                      text_callback=self._text_callback(), progress=False, **settings)
             self._show(out)
 
@@ -358,11 +358,10 @@ class Playground:
             if self.edit_image is None:
                 raise ValueError("no image to edit: upload one or press 'use last image'")
             settings = self.edit_sampler.values()
-            resized = self.pipe.vae_transform.resize(pil_img2rgb(self.edit_image))
-            self._shape = (resized.height, resized.width)
+            shape = self.pipe.engine.image_shape(source=self.edit_image)  # the rule pipe.edit follows
             out = self.pipe.edit(self.edit_image, self.edit_text.value, seed=self.seed.value,
                                  think=self.edit_think.value, max_think_tokens=self.max_think.value,
-                                 callback=self._callback(settings["num_timesteps"] - 1),
+                                 callback=self._callback(settings["num_timesteps"] - 1, shape),
                                  text_callback=self._text_callback(), progress=False, **settings)
             self._show(out)
 
@@ -378,10 +377,7 @@ class Playground:
                                     callback=self._text_callback())
             self.last_answer = text
             self.und_answer.value = f"<b>{html.escape(text)}</b>"
-            self._say(f"pipe.answer(image, {question!r}, max_tokens={self.und_max.value}"
-                      + (", think=True" if think else "")
-                      + (f", do_sample=True, temperature={self.und_temperature.value}, seed={self.seed.value}"
-                         if sample else "") + ")")
+            self._say(text.call)
 
         self._run(work, wait)
 
@@ -409,8 +405,8 @@ class Playground:
             drawing = {}
             if self.chat_image_reply.value:
                 settings = self.t2i_sampler.values()
-                self._shape = image_shape_for(self.t2i_ratio.value, self.side, self.step)
-                drawing = dict(image_shape=self._shape, callback=self._callback(settings["num_timesteps"] - 1),
+                shape = image_shape_for(self.t2i_ratio.value, self.side, self.step)
+                drawing = dict(image_shape=shape, callback=self._callback(settings["num_timesteps"] - 1, shape),
                                **settings)
             seen = len(self.chat.turns)
             reply = self.chat.send(self.chat_text.value, image=attach, reply_image=self.chat_image_reply.value,

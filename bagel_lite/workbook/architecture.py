@@ -154,7 +154,7 @@ def lit_boxes(highlight: str | None) -> set[str]:
     return {b.key for b in BOXES if highlight in b.parts}
 
 
-def _draw_box(ax, box: Box, lit: bool, dim: bool, fontsize: float, compact: bool):
+def _draw_box(ax, box: Box, lit: bool, *, dim: bool, fontsize: float, compact: bool):
     """The box's fill and edge (the edge carries ``gid=box.key``), then its labels (each ``gid=box.key``)."""
     from matplotlib.patches import FancyBboxPatch
 
@@ -240,7 +240,7 @@ def draw_map(highlight: str | None = None, ax=None, fontsize: float = 15.0, comp
     dim = highlight not in (None, "tour")
     boxes = {b.key: b for b in BOXES}
     for box in BOXES:
-        _draw_box(ax, box, box.key in lit, dim, fontsize, compact)
+        _draw_box(ax, box, box.key in lit, dim=dim, fontsize=fontsize, compact=compact)
     _draw_arrows(ax, boxes, lit, fontsize, compact)
     if not compact:
         _legend(ax, fontsize)

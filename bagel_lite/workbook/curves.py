@@ -135,7 +135,7 @@ def _log_label(v: float, _=None) -> str:
     return f"{v:g}"
 
 
-def draw_losses(axes: dict, steps: list[float], columns: dict[str, list[float]], window: int | None = None,
+def draw_losses(axes: dict, steps: list[float], columns: dict[str, list[float]], *, window: int | None = None,
                 label_suffix: str = "", fontsize: float = 12, guides: dict | None = None) -> None:
     """Each loss column on its panel (``axes[loss_panel(name)]``): raw values faint, a moving average bold.
     Values that are not positive (a step whose batch had no target for that loss) are left out.

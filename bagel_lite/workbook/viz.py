@@ -100,7 +100,7 @@ def plot_mask(ax, allowed: torch.Tensor, split_lens=None, attn_modes=None, title
         ax.set_title(title, pad=14)
 
 
-def flow_chart(ax, stages, y: float = 0.0, color: str = "#4c72b0", label: str | None = None, width: float = 1.7,
+def flow_chart(ax, stages, *, y: float = 0.0, color: str = "#4c72b0", label: str | None = None, width: float = 1.7,
                gap: float = 0.45):
     """Draw ``stages`` (strings) as boxes left to right at height ``y``, joined by arrows; ``label`` on the left."""
     plt = _plt()
