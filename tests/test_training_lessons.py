@@ -17,12 +17,11 @@ from bagel_lite import micro  # noqa: E402
 from bagel_lite.inference.flow import logit_normal_timesteps  # noqa: E402
 from bagel_lite.loading.tokenizer import SpecialTokens  # noqa: E402
 from bagel_lite.micro.data import micro_config  # noqa: E402
+from bagel_lite.micro.plots import is_micro_log, plot_micro_log  # noqa: E402
 from bagel_lite.training.ema import ema_copy, ema_decay, ema_update, ema_variance_ratio  # noqa: E402
 from bagel_lite.training.packing import PackedSequence, Text, VaeImage, VitImage  # noqa: E402
 from bagel_lite.workbook.curves import (  # noqa: E402
     LiveCurves,
-    is_micro_log,
-    plot_micro_log,
     plot_training_log,
     read_log,
     smooth,
@@ -90,7 +89,7 @@ def micro_log(align=40, steps=200):
 def test_plot_micro_log_draws_the_trainers_format():
     log = micro_log()
     assert is_micro_log(log) and not is_micro_log(RECORDS)
-    fig = plot_training_log(log, title="synthetic")
+    fig = plot_micro_log(log, title="synthetic")
     losses, evals = fig.axes
     assert losses.get_yscale() == "log" and evals.get_ylim() == (-0.03, 1.03)
     labels = [line.get_label() for line in losses.lines]

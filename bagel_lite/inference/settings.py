@@ -54,10 +54,14 @@ def check_interval(value) -> tuple[float, float]:
     return lo, hi
 
 
+def check_guidance_scale(name: str, value) -> float:
+    """A guidance scale: a finite number in ``SCALE_RANGE``; <= 1 switches that guidance off."""
+    return check_float(name, value, *SCALE_RANGE, " (<= 1: no guidance)")
+
+
 SETTING_CHECKS = {  # every sampler setting's rule, by its name; each returns the value in plain form
-    "cfg_text_scale": lambda v: check_float("cfg_text_scale", v, *SCALE_RANGE, " (<= 1: no guidance)"),
-    "cfg_img_scale": lambda v: check_float("cfg_img_scale", v, *SCALE_RANGE, " (<= 1: no guidance)"),
-    "cfg_scale": lambda v: check_float("cfg_scale", v, *SCALE_RANGE, " (<= 1: no guidance)"),  # SEED-X's one scale
+    "cfg_text_scale": lambda v: check_guidance_scale("cfg_text_scale", v),
+    "cfg_img_scale": lambda v: check_guidance_scale("cfg_img_scale", v),
     "cfg_interval": check_interval,
     "timestep_shift": lambda v: check_float("timestep_shift", v, *SHIFT_RANGE, " (1 = no shift)"),
     "num_timesteps": lambda v: check_int("num_timesteps", v, 2, MAX_TIMESTEPS),
@@ -66,11 +70,13 @@ SETTING_CHECKS = {  # every sampler setting's rule, by its name; each returns th
 }
 
 
-def check_settings(settings) -> None:
-    """Check every field of a frozen settings dataclass by ``SETTING_CHECKS`` and store it in plain form
-    (floats, a tuple, an int). Called by ``__post_init__``: a settings object that exists is valid."""
+def check_settings(settings, checks: dict | None = None) -> None:
+    """Check every field of a frozen settings dataclass by its rule in ``checks`` (default ``SETTING_CHECKS``)
+    and store it in plain form (floats, a tuple, an int). Called by ``__post_init__``: a settings object that
+    exists is valid."""
+    checks = SETTING_CHECKS if checks is None else checks
     for f in fields(settings):
-        object.__setattr__(settings, f.name, SETTING_CHECKS[f.name](getattr(settings, f.name)))
+        object.__setattr__(settings, f.name, checks[f.name](getattr(settings, f.name)))
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..inference import flow
 from ..inference.flow import add_noise, cfg_mix, guidance_on, logit_normal_timesteps
-from ..inference.settings import check_settings
+from ..inference.settings import SETTING_CHECKS, check_guidance_scale, check_settings
 from ..loading.tokenizer import SpecialTokens, pad_batch
 from ..model.bagel import Bagel
 from ..model.patchify import patchify, unpatchify
@@ -177,14 +177,18 @@ def flow_matching_loss(velocity: Callable, x0: torch.Tensor, generator: torch.Ge
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """The de-tokenizer's sampler knobs, checked by the same rules as BAGEL's (``settings.SETTING_CHECKS``)."""
+    """The de-tokenizer's sampler knobs, checked by the same rules as BAGEL's (``settings.SETTING_CHECKS``), plus
+    SEED-X's own single guidance scale (``SEEDX_CHECKS``)."""
 
     num_timesteps: int = 25  # grid points from 1 to 0: num_timesteps - 1 Euler steps
     timestep_shift: float = 1.0
     cfg_scale: float = 3.0  # <= 1: no guidance
 
     def __post_init__(self):
-        check_settings(self)
+        check_settings(self, SEEDX_CHECKS)
+
+
+SEEDX_CHECKS = {**SETTING_CHECKS, "cfg_scale": lambda v: check_guidance_scale("cfg_scale", v)}  # SEED-X's one scale
 
 
 def _rows(cond) -> tuple[torch.Tensor, ...]:

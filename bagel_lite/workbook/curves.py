@@ -35,7 +35,7 @@ def read_log(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def _number(v) -> bool:
+def is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -52,11 +52,11 @@ def _from_records(where: str, records: list) -> Table | None:
     key = next((k for k in STEP_KEYS if sum(k in r for r in rows) >= 2), None)
     if key is None:
         return None
-    rows = [r for r in rows if _number(r.get(key))]
-    names = sorted({k for r in rows for k, v in r.items() if k != key and _number(v)})
+    rows = [r for r in rows if is_number(r.get(key))]
+    names = sorted({k for r in rows for k, v in r.items() if k != key and is_number(v)})
     table = Table(where, [float(r[key]) for r in rows])
     for name in names:  # a missing value becomes NaN so every column lines up with the steps
-        table.columns[name] = [float(r[name]) if _number(r.get(name)) else math.nan for r in rows]
+        table.columns[name] = [float(r[name]) if is_number(r.get(name)) else math.nan for r in rows]
     return table
 
 
@@ -65,8 +65,8 @@ def _from_columns(where: str, block: dict) -> Table | None:
     if key is None:
         return None
     n = len(block[key])
-    cols = {k: [float(x) if _number(x) else math.nan for x in v] for k, v in block.items()
-            if k != key and isinstance(v, list) and len(v) == n and any(_number(x) for x in v)}
+    cols = {k: [float(x) if is_number(x) else math.nan for x in v] for k, v in block.items()
+            if k != key and isinstance(v, list) and len(v) == n and any(is_number(x) for x in v)}
     return Table(where, [float(s) for s in block[key]], cols)
 
 
@@ -100,7 +100,7 @@ def split_columns(found: list[Table]) -> tuple[list[tuple[str, Table]], list[tup
 
 def summary(log: dict) -> dict[str, float]:
     """The top-level numbers of a log (what a trainer writes at the end)."""
-    return {k: v for k, v in log.items() if _number(v)}
+    return {k: v for k, v in log.items() if is_number(v)}
 
 
 def smooth(values: list[float], window: int) -> list[float]:
@@ -127,11 +127,11 @@ def loss_panel(name: str) -> str:
     return "loss"
 
 
-def _mantissa(v: float) -> int:
+def mantissa(v: float) -> int:
     return round(v / 10 ** math.floor(math.log10(v))) if v > 0 else 0
 
 
-def _log_label(v: float, _=None) -> str:
+def log_label(v: float, _=None) -> str:
     return f"{v:g}"
 
 
@@ -151,18 +151,18 @@ def draw_losses(axes: dict, steps: list[float], columns: dict[str, list[float]],
                                            label=label)
     for name, values in columns.items():
         ax = axes[loss_panel(name)]
-        values = _positive(values)  # a step without that loss (no answer tokens in its batch) is a gap, not a 0
+        values = positive_or_gap(values)  # a step without that loss (no answer tokens in its batch) is a gap, not a 0
         (line,) = ax.plot(steps, values, lw=0.8, alpha=0.3)
         ax.plot(steps, smooth(values, window), lw=2.2, color=line.get_color(),
                 label=f"{name}{label_suffix} (mean of {window})" if window > 1 else f"{name}{label_suffix}")
     for key, ax in axes.items():
         if key in PANELS and ax.lines:
-            ys = [y for line in ax.lines for y in line.get_ydata() if _number(float(y)) and y > 0]
+            ys = [y for line in ax.lines for y in line.get_ydata() if is_number(float(y)) and y > 0]
             ax.set_yscale("log")
             if ys:  # room above the highest and below the lowest point, so no curve touches the frame
                 ax.set_ylim(min(ys) / 1.25, max(ys) * 1.3)
-            ax.yaxis.set_major_formatter(FuncFormatter(_log_label))
-            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: _log_label(v) if _mantissa(v) in (2, 5) else ""))
+            ax.yaxis.set_major_formatter(FuncFormatter(log_label))
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: log_label(v) if mantissa(v) in (2, 5) else ""))
             ax.set_title(PANELS[key], fontsize=fontsize)
             ax.set_xlabel("step", fontsize=fontsize)
             ax.legend(fontsize=fontsize * 0.8)
@@ -190,124 +190,25 @@ def _draw_summary(ax, log: dict, fontsize: float) -> None:
     lines += [f"{k} = {v:g}" for k, v in numbers.items()]
     settings = log.get("settings")
     if isinstance(settings, dict):
-        lines += ["", "settings: " + ", ".join(f"{k}={v}" for k, v in settings.items() if _number(v))]
+        lines += ["", "settings: " + ", ".join(f"{k}={v}" for k, v in settings.items() if is_number(v))]
     ax.text(0.02, 0.95, "\n".join(lines), va="top", ha="left", fontsize=fontsize, family="monospace", wrap=True,
             transform=ax.transAxes)
     ax.axis("off")
 
 
-def is_micro_log(log) -> bool:
-    """Whether ``log`` is micro-BAGEL's own format: ``"loss": {"ce": [per step], "mse": [per step]}``."""
-    loss = log.get("loss") if isinstance(log, dict) else None
-    return isinstance(loss, dict) and isinstance(loss.get("ce"), list) and isinstance(loss.get("mse"), list)
-
-
-def _positive(values: list) -> list[float]:
+def positive_or_gap(values: list) -> list[float]:
     """Per-step values for a log-scale axis: anything not a positive number becomes NaN (a gap)."""
-    return [float(v) if _number(v) and v > 0 else math.nan for v in values]
-
-
-EVAL_LABELS = {"t2i_color_acc": "drawn colour right", "t2i_position_acc": "drawn position right",
-               "t2i_shape_acc": "drawn shape right", "t2i_size_acc": "drawn size right",
-               "vqa_acc": "questions answered right", "vqa_position_acc": "'where?' answered right",
-               "edit_success": "edits fully right"}
-
-
-def _draw_micro_evals(b, names: list[str], evals: list[dict], steps: list[int], fontsize: float) -> None:
-    for name in names:
-        pts = [(r["step"], r[name]) for r in evals if _number(r.get(name))]
-        b.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, lw=1.6, label=EVAL_LABELS.get(name, name))
-    b.set_ylim(-0.03, 1.03)
-    b.set_xlim(0, max(steps[-1] if steps else 1, max((r["step"] for r in evals), default=1)))
-    b.set(xlabel="step", ylabel="share right (held-out scenes)")
-    b.set_title("evaluations of the EMA weights during training" if names else "no evaluations in this log",
-                fontsize=fontsize)
-    if names:
-        b.legend(fontsize=fontsize * 0.7, ncol=1 + len(names) // 5, loc="best")
-    b.grid(alpha=0.3)
-
-
-def _shade_stages(axes, align: int, final, last: int, shift=None) -> None:
-    """Shade the alignment phase (grey) and the final stage (green) on every axis; legend entries on the first.
-    ``shift``: how far stage 3 moved question pictures (pixels), as the log's settings say."""
-    spans = [(0, align, "#999", f"alignment: questions only (steps 1–{align})")] if align else []
-    if _number(final):
-        moved = f"pictures moved ≤ {shift} px, " if _number(shift) and shift else ""
-        spans.append((final, last, "#55a868", f"stage 3: {moved}from step {final + 1}"))
-    for start, end, color, label in spans:
-        for ax in axes:
-            ax.axvspan(start, end, color=color, alpha=0.13, lw=0)
-            ax.axvline(end if start == 0 else start, color=color, ls=":", lw=1.2)
-        axes[0].plot([], [], color=color, alpha=0.35, lw=8, label=label)
-
-
-def plot_micro_log(log: dict, fontsize: float = 12, title: str | None = None, window: int | None = None):
-    """micro-BAGEL's training log (``python -m bagel_lite.micro train`` writes it) in two panels.
-
-    Left: cross-entropy and velocity MSE per step (faint) and their moving average (bold), on a log scale; the
-    alignment phase (the first ``align_steps`` steps: questions only, so no MSE) is shaded grey, a final stage
-    (from step ``final_start``, ``micro.train.FinalStage``) green. Right: the periodic
-    evaluations of the EMA weights (``"evals"``: records with a ``"step"``). The title adds the autoencoder's
-    quality and the training time when the log has them.
-    """
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
-
-    ce, mse = _positive(log["loss"]["ce"]), _positive(log["loss"]["mse"])
-    steps = list(range(1, max(len(ce), len(mse)) + 1))
-    window = window or max(1, len(steps) // 50)
-    align = log.get("align_steps") or log.get("settings", {}).get("align_steps") or 0
-    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.6))
-    for name, values, color in (("cross-entropy (answers)", ce, "#4c72b0"), ("MSE (velocity)", mse, "#c44e52")):
-        if not any(not math.isnan(v) for v in values):
-            continue
-        a.plot(steps[:len(values)], values, lw=0.6, alpha=0.25, color=color)
-        a.plot(steps[:len(values)], smooth(values, window), lw=2.2, color=color,
-               label=f"{name}, mean of {window}" if window > 1 else name)
-    final = (log.get("settings") or {}).get("final")  # stage 3's settings (a dict), if the log has them
-    _shade_stages((a, b), align, log.get("final_start"), steps[-1] if steps else 1,
-                  final.get("question_shift") if isinstance(final, dict) else None)
-    a.set_yscale("log")
-    a.yaxis.set_major_formatter(FuncFormatter(_log_label))
-    shown = [v for v in ce + mse if not math.isnan(v)]  # positive, or NaN (_positive)
-    roomy = not shown or max(shown) / min(shown) <= 1e3  # 2 and 5 between powers of ten fit on up to 3 decades
-    a.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: _log_label(v) if roomy and _mantissa(v) in (2, 5) else ""))
-    a.set(xlabel="step", ylabel="loss (log scale)")
-    a.set_title("losses per step", fontsize=fontsize)
-    a.legend(fontsize=fontsize * 0.8)
-    a.grid(alpha=0.3, which="both")
-    evals = [r for r in log.get("evals") or [] if isinstance(r, dict) and _number(r.get("step"))]
-    names = [k for k in dict.fromkeys(k for r in evals for k in r) if k != "step"
-             and any(_number(r.get(k)) for r in evals)]
-    _draw_micro_evals(b, names, evals, steps, fontsize)
-    for ax in (a, b):
-        ax.xaxis.label.set_size(fontsize)
-        ax.yaxis.label.set_size(fontsize)
-        ax.tick_params(which="both", labelsize=fontsize * 0.85)
-    facts = []
-    if _number(log.get("ae_psnr")):
-        facts.append(f"autoencoder PSNR {log['ae_psnr']:.1f} dB")
-    if _number(log.get("ae_attribute_acc")):
-        facts.append(f"its reconstructions read back right {log['ae_attribute_acc']:.0%}")
-    if _number(log.get("train_seconds")):
-        facts.append(f"trained in {log['train_seconds'] / 60:.0f} min")
-    heading = "\n".join(x for x in (title, "; ".join(facts)) if x)
-    if heading:
-        fig.suptitle(heading, fontsize=fontsize * 1.1)
-    fig.tight_layout()
-    return fig
+    return [float(v) if is_number(v) and v > 0 else math.nan for v in values]
 
 
 def plot_training_log(log: dict, fontsize: float = 12, title: str | None = None):
     """Draw a training log: one panel per kind of loss, one for evaluations; its summary if it has neither.
 
-    micro-BAGEL's own format (``is_micro_log``) goes to ``plot_micro_log``. Returns the figure (assign it:
+    (micro-BAGEL's own log has its two-panel view: ``micro.plots.plot_micro_log``.) Returns the figure (assign it:
     ``fig = plot_training_log(read_log())``).
     """
     import matplotlib.pyplot as plt
 
-    if is_micro_log(log):
-        return plot_micro_log(log, fontsize, title)
     losses, evals = split_columns(tables(log))
     kinds = [k for k in PANELS if any(loss_panel(n) == k for n, _ in losses)]
     n = len(kinds) + bool(evals)
