@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 _notebook_seconds: dict[str, float] = {}
 _executed: dict[Path, object] = {}  # notebook path -> the notebook with the outputs nbval's run gave each cell
@@ -41,8 +42,26 @@ def executed_notebooks() -> dict[Path, object]:
     return _executed
 
 
+_threads: list[str] = []  # how many CPU threads this run uses, and why (for the report header)
+
+
 def pytest_configure(config):
     os.environ.pop("MPLBACKEND", None)  # with Agg in the environment, inline figures would vanish from notebooks
+    if "OMP_NUM_THREADS" not in os.environ:
+        # Threads per process: the cores other jobs leave free. With two threads on two cores beside a busy job,
+        # OpenMP's spin-waits made a notebook run 20 times slower. Notebook kernels and subprocesses inherit it.
+        from bagel_lite.training.precision import choose_threads
+
+        n, why = choose_threads()
+        os.environ["OMP_NUM_THREADS"] = str(n)
+        torch.set_num_threads(n)  # this process imported torch already (the environment alone comes too late)
+        _threads.append(f"CPU threads per process: {n} ({why}; set OMP_NUM_THREADS to choose)")
+    else:
+        _threads.append(f"CPU threads per process: {os.environ['OMP_NUM_THREADS']} (OMP_NUM_THREADS)")
+
+
+def pytest_report_header(config):
+    return _threads
 
 
 def pytest_runtest_logreport(report):

@@ -33,7 +33,7 @@ def evaluate(folder: Path, seed: int, quick: bool, threads: int | None = None, p
     """Score ``folder`` on held-out scenes (``quick``: a quarter of them), on ``threads`` CPU threads (default:
     the cores other jobs leave free), with progress bars on stderr."""
     n, why = choose_threads(threads)
-    print(f"evaluating {folder} on {n} thread(s): {why}", flush=True)
+    print(f"evaluating {folder} on {n} thread(s): {why}" + ("" if threads else " (--threads N to choose)"), flush=True)
     start = time.time()
     scale = 4 if quick else 1
     with cpu_threads(n):

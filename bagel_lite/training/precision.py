@@ -134,7 +134,7 @@ def choose_threads(requested: int | None = None) -> tuple[int, str]:
         return cores, f"all {cores} cores (how busy they are is unknown)"
     free = max(1, min(cores, cores - round(busy)))
     if free < cores:
-        return free, f"{cores} cores, {busy:.1f} busy with other jobs (--threads N to choose)"
+        return free, f"{cores} cores, {busy:.1f} busy with other jobs"
     return free, f"all {cores} cores, machine quiet ({busy:.1f} busy)"
 
 
