@@ -2,9 +2,9 @@
 
 A block ``<|vision_start|> noisy latents <|vision_end|>`` is placed after each context and the model predicts
 its velocity; noisy latents are never written into a cache. ``GuidedVelocity`` is BAGEL's ``velocity_fn``:
-it reads the block against up to three contexts — the full one (``gen``), the one without the last text
-(``cfg_text``) and the one without images (``cfg_img``) — stacked as one batch (``BranchBatch``), and mixes
-them by ``flow.guided_velocity``.
+it reads the block against up to three contexts, keyed ``"cond"`` (the full one: a conversation's ``gen``),
+``"text"`` (without the last text: ``cfg_text``) and ``"img"`` (without images: ``cfg_img``) — stacked as one
+batch (``BranchBatch``), and mixes them by ``flow.guided_velocity``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from .contexts import Context, Reader
 from .flow import guidance_branches, guidance_scales, guided_velocity, sample
 from .progress import StepInfo
 from .settings import T2I_SETTINGS, ImageSettings, check_image_shape, check_init_noise
-
-BRANCHES = ("cond", "text", "img")  # the contexts of guidance: full, without the last text, without images
 
 
 class BranchBatch:
