@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
 from bagel_lite.loading.checkpoint import build
@@ -28,7 +29,7 @@ def edit_sample(drop=0.0):
 def test_positions_splits_and_labels_of_an_edit_sample():
     model = tiny_model()
     seq = PackedSequence(SPECIAL)
-    seq.add_sample(edit_sample() + [Text([8, 9], loss=True)], model, random.Random(0))
+    seq.add_sample(edit_sample() + [Text([8, 9], loss=True)], model.config, random.Random(0))
     # clean VAE block (4+2) at 0, ViT block (4+2) at 1, text (3+2) at 2..6, noisy block (4+2) at 7, then text at 7..
     assert seq.position_ids == [0] * 6 + [1] * 6 + [2, 3, 4, 5, 6] + [7] * 6 + [7, 8, 9, 10]
     assert seq.attn_modes == ["full", "full", "causal", "noise", "causal"]
@@ -40,10 +41,10 @@ def test_positions_splits_and_labels_of_an_edit_sample():
 def test_condition_dropout_rules():
     model = tiny_model()
     seq = PackedSequence(SPECIAL)
-    seq.add_sample(edit_sample(drop=1.0), model, random.Random(0))  # both images dropped
+    seq.add_sample(edit_sample(drop=1.0), model.config, random.Random(0))  # both images dropped
     assert seq.position_ids[:5] == [2, 3, 4, 5, 6], "a dropped image still takes its position"
     seq = PackedSequence(SPECIAL)
-    seq.add_sample([Text([5, 6], drop_prob=1.0), VaeImage(torch.randn(16, 4, 4), noisy=True)], model,
+    seq.add_sample([Text([5, 6], drop_prob=1.0), VaeImage(torch.randn(16, 4, 4), noisy=True)], model.config,
                    random.Random(0))
     assert seq.position_ids == [0] * 6, "a dropped text leaves no position behind"
 
@@ -58,8 +59,8 @@ def test_short_training_lowers_both_losses():
         seq = PackedSequence(SPECIAL)
         for _ in range(8):
             i = rng.randrange(4)
-            seq.add_sample([Text([10 + i, 20 + i]), VaeImage(latents[i], noisy=True)], model, rng)
-            seq.add_sample([VitImage(torch.full((3, 28, 28), i / 4)), Text([30 + i], loss=True)], model, rng)
+            seq.add_sample([Text([10 + i, 20 + i]), VaeImage(latents[i], noisy=True)], model.config, rng)
+            seq.add_sample([VitImage(torch.full((3, 28, 28), i / 4)), Text([30 + i], loss=True)], model.config, rng)
         return seq
 
     fixed = batch()
@@ -90,3 +91,78 @@ def test_packed_attention_equals_the_dense_mask():
     dense = attend(q, k, v, dense_mask(sample_lens, split_lens, modes)[None, None])
     packed = attend(q, k, v, PackedMask(sample_lens, split_lens, modes))
     torch.testing.assert_close(packed, dense)
+
+
+def mixed_batch(model, seed=0):
+    """A packed batch of every kind of sample: text-to-image, a question with its answer, an edit."""
+    rng = random.Random(seed)
+    seq = PackedSequence(SPECIAL)
+    seq.add_sample([Text([10, 11, 12]), VaeImage(torch.randn(16, 4, 4), noisy=True)], model.config, rng)
+    seq.add_sample([VitImage(torch.rand(3, 28, 28) * 2 - 1), Text([30, 31]), Text([32, 33], loss=True)],
+                   model.config, rng)
+    seq.add_sample(edit_sample() + [Text([8, 9], loss=True)], model.config, rng)
+    return seq.batch(3.0, torch.Generator().manual_seed(seed))
+
+
+def grads_of(model, out):
+    model.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_forward_is_one_call_that_training_engines_can_wrap():
+    """``model(batch)`` gives both losses and their weighted sum; the batch carries its noise and times, so the
+    same batch gives the same loss (a pure function: what data-parallel processes rely on)."""
+    model = tiny_model()
+    batch = mixed_batch(model)
+    out = model(batch, ce_weight=0.5, mse_weight=2.0)
+    assert out["ce_tokens"] == 6 and out["mse_tokens"] == 8  # (32, 33, eos) + (8, 9, eos); two 2x2 targets
+    torch.testing.assert_close(out["loss"], 0.5 * out["ce"] + 2.0 * out["mse"])
+    assert torch.equal(model(batch)["loss"], model(batch)["loss"])
+    # the batch's times: one per noisy image, 0 for the edit's clean input; every gen token is routed to gen
+    t = batch.packed_timesteps
+    assert (t[:4] > 0).all() and (t[4:8] == 0).all() and (t[8:] > 0).all() and len(t.unique()) == 3
+    assert len(batch.mse_loss_indexes) == 8
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    model = tiny_model().train()
+    batch = mixed_batch(model)
+    plain = grads_of(model, out := model(batch))
+    model.set_checkpointing(True)
+    again = grads_of(model, out2 := model(batch))
+    torch.testing.assert_close(out2["loss"], out["loss"], rtol=0, atol=0)
+    assert plain.keys() == again.keys()
+    for name in plain:
+        torch.testing.assert_close(again[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_a_bfloat16_training_step_is_within_tolerance_of_float32():
+    """bf16 weights, and float32 weights under bf16 autocast: the loss within 2 % of float32 and the gradient
+    pointing the same way (cosine > 0.99). bf16 keeps 8 bits of mantissa: ~0.4 % per operation."""
+    model = tiny_model().train()
+    batch = mixed_batch(model)
+    ref = model(batch)
+    g32 = grads_of(model, ref)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = model(batch)
+    g_auto = grads_of(model, auto)
+    bf = tiny_model().train().to(torch.bfloat16)
+    out_bf = bf(batch)
+    g_bf = grads_of(bf, out_bf)
+    for out in (auto, out_bf):
+        assert out["loss"].dtype == torch.float32
+        torch.testing.assert_close(out["loss"], ref["loss"], rtol=0.02, atol=0)
+    for grads in (g_auto, g_bf):
+        flat = torch.cat([grads[n].float().flatten() for n in g32])
+        ref_flat = torch.cat([g32[n].flatten() for n in g32])
+        assert torch.nn.functional.cosine_similarity(flat, ref_flat, dim=0) > 0.99
+
+
+def test_packing_takes_the_config_and_says_so():
+    model = tiny_model()
+    seq = PackedSequence(SPECIAL)
+    with pytest.raises(TypeError, match=r"model\.config"):
+        seq.add_sample([Text([5])], model, random.Random(0))
+    with pytest.raises(ValueError, match="empty"):
+        PackedSequence(SPECIAL).batch()

@@ -170,8 +170,9 @@ def test_token_kinds_and_losses_of_a_packed_sample():
     model = SimpleNamespace(config=micro_config(vocab_size=64))
     seq = PackedSequence(special)
     seq.add_sample([VaeImage(torch.zeros(16, 8, 8)), VitImage(torch.zeros(3, 64, 64)), Text([5, 6]),
-                    VaeImage(torch.zeros(16, 8, 8), noisy=True)], model, random.Random(0))
-    seq.add_sample([VitImage(torch.zeros(3, 64, 64)), Text([7]), Text([8, 9, 10], loss=True)], model, random.Random(0))
+                    VaeImage(torch.zeros(16, 8, 8), noisy=True)], model.config, random.Random(0))
+    seq.add_sample([VitImage(torch.zeros(3, 64, 64)), Text([7]), Text([8, 9, 10], loss=True)], model.config,
+                   random.Random(0))
     kinds, losses = token_kinds(seq, special), token_losses(seq, special)
     assert kinds[:2] == ["marker", "clean latent"] and kinds.count("noisy latent") == 16
     assert kinds.count("vit") == 32 and kinds.count("marker") == 8 and "" not in kinds

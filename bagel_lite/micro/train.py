@@ -292,7 +292,7 @@ def train_bagel(model: Bagel, tokenizer, special, table: PosteriorTable, ae_cfg,
         # learned; questions alone get over it quickly. Then the three tasks together.
         weights = (0.0, 1.0, 0.0) if step < s.align_steps else s.task_weights
         for task in rng.choices(TASKS, weights=weights, k=s.samples_per_step):
-            seq.add_sample(maker.sample(task, rng), model, rng)
+            seq.add_sample(maker.sample(task, rng), model.config, rng)
         losses = _bagel_step(model, opt, params, seq, cosine_lr(step, total, s.lr, s.warmup, 0.1), s=s, gen=gen)
         ema_update(ema, model, ema_decay(step, s.ema))
         history["ce"].append(round(losses["ce"].item(), 4))

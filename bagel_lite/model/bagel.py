@@ -10,6 +10,10 @@ Ways in (each producing rows of the LLM's hidden size D):
 Ways out: ``lm_head`` on understanding tokens (next-token logits) and ``llm2vae`` on generation tokens
 (the flow-matching velocity of each latent token).
 
+``forward`` is training's one entry point: a packed batch (``batch.PackedBatch``) in, both losses out. Training
+engines (accelerate, DDP, FSDP) wrap a module by its ``forward``; inference calls the ways in and out one by one
+(``inference.engine``), because it reads and writes a KV cache step by step.
+
 The children and their names are exactly those of the official ``Bagel`` module, so the official
 ``ema.safetensors`` loads with a plain ``load_state_dict``. The autoencoder is *not* a child: it lives in
 its own file (``ae.safetensors``), as in the official release.
@@ -18,9 +22,12 @@ its own file (``ae.safetensors``), as in the official release.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from .batch import CE_WEIGHT, MSE_WEIGHT, PackedBatch
 from .config import BagelConfig
+from .masks import PackedMask
 from .positions import PositionEmbedding, rope_cos_sin
 from .qwen2_mot import KV, LanguageModel
 from .siglip import MLPConnector, SiglipNaViT
@@ -97,6 +104,61 @@ class Bagel(nn.Module):
     def velocity(self, hidden: torch.Tensor) -> torch.Tensor:
         """Generation hidden states (..., D) -> predicted flow velocity per latent token (..., 64)."""
         return self.llm2vae(hidden)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Training: one packed batch in, the two losses out
+
+    def forward(self, batch: PackedBatch, ce_weight: float = CE_WEIGHT,
+                mse_weight: float = MSE_WEIGHT) -> dict[str, torch.Tensor]:
+        """Embed every token of the packed sequence, run the MoT decoder once (each sample sees only itself, with
+        its causal / full / noise splits), and score both ways out:
+
+        * ``ce``: mean cross-entropy of the logits at ``ce_loss_indexes`` against ``packed_label_ids``;
+        * ``mse``: mean squared error of the velocity predicted at ``mse_loss_indexes`` against the flow's true
+          velocity ``x_1 - x_0`` (noise minus clean latent: t runs from 0 = image to 1 = noise);
+        * ``loss`` = ``ce_weight * ce + mse_weight * mse``, what the optimiser minimises.
+
+        Also returns the token counts (``ce_tokens``, ``mse_tokens``). Works in float32 and bfloat16 (bf16
+        weights, or float32 weights under autocast); the losses are computed in float32.
+        """
+        b, d = batch, self.config.llm.hidden_size
+        x = self.embed_text(b.packed_text_ids)  # (n_text, D): its dtype is the packed rows' dtype
+        rows = x.new_zeros(b.sequence_length, d)  # (L, D) the packed input rows
+        rows = rows.index_put((b.packed_text_indexes,), x)
+        if b.vit_token_seqlens:
+            patches = b.packed_vit_tokens.to(self.vit_pos_embed.pos_embed.dtype)  # pixels in the model dtype
+            vit = self.embed_vit(patches, b.packed_vit_position_ids, b.vit_token_seqlens)  # (n_vit, D)
+            rows = rows.index_put((b.packed_vit_token_indexes,), vit.to(rows.dtype))
+        gen_mask = torch.zeros(b.sequence_length, dtype=torch.bool, device=rows.device)  # (L,) True: gen expert
+        if b.packed_vae_token_indexes is not None and len(b.packed_vae_token_indexes):
+            t = b.packed_timesteps[:, None]  # (n_lat, 1)
+            x_t = (1 - t) * b.packed_latent_clean + t * b.packed_noise  # the straight path from x_0 to x_1
+            lat = self.embed_latents(x_t.to(rows.dtype), b.packed_timesteps, b.packed_latent_position_ids)
+            rows = rows.index_put((b.packed_vae_token_indexes,), lat.to(rows.dtype))
+            gen_mask[b.packed_vae_token_indexes] = True
+
+        allowed = PackedMask(b.sample_lens, b.split_lens, b.attn_modes, rows.device)
+        hidden, _ = self.hidden_states(rows[None], gen_mask[None], b.packed_position_ids[None], allowed)
+        hidden = hidden[0]  # (L, D)
+
+        zero = hidden.new_zeros((), dtype=torch.float32)
+        mse = ce = zero
+        if b.num_mse_tokens:
+            pred = self.velocity(hidden[b.mse_loss_indexes]).float()  # (n_mse, 4 * z_channels)
+            noisy = b.packed_timesteps > 0  # (n_lat,): the latent tokens that carry the loss, in the same order
+            target = (b.packed_noise - b.packed_latent_clean)[noisy].float()
+            mse = ((pred - target) ** 2).mean()
+        if b.num_ce_tokens:
+            logits = self.logits(hidden[b.ce_loss_indexes]).float()  # (n_ce, vocab)
+            ce = F.cross_entropy(logits, b.packed_label_ids)
+        return {"loss": ce_weight * ce + mse_weight * mse, "ce": ce, "mse": mse,
+                "ce_tokens": b.num_ce_tokens, "mse_tokens": b.num_mse_tokens}
+
+    def set_checkpointing(self, on: bool = True) -> Bagel:
+        """Activation checkpointing per decoder layer: in training, keep only each layer's input for backward and
+        recompute the layer then (about one more forward of compute, a layer's activations instead of all)."""
+        self.language_model.model.checkpointing = on
+        return self
 
     # ------------------------------------------------------------------------------------------------------
 

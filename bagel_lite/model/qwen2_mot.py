@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import attend
 from .config import LLMConfig
@@ -191,13 +192,18 @@ class MoTDecoder(nn.Module):
         self.layers = nn.ModuleList(Qwen2MoTDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = Qwen2RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.norm_moe_gen = Qwen2RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.checkpointing = False  # training: recompute each layer in backward instead of keeping its activations
 
     def forward(self, x, gen_mask, cos, sin, allowed, *, past: list[KV] | None = None):
         """x: (B, L, hidden) input embeddings. Returns final hidden states (B, L, hidden) and per-layer K/V."""
         route = None if gen_mask is None else Routing.of(gen_mask)  # found once, used by every layer
+        recompute = self.checkpointing and self.training and past is None and torch.is_grad_enabled()
         kvs = []
         for i, layer in enumerate(self.layers):
-            x, kv = layer(x, route, cos, sin, allowed, past=None if past is None else past[i])
+            if recompute:  # backward runs the layer again from its input x (kept) instead of its saved activations
+                x, kv = checkpoint(layer, x, route, cos, sin, allowed, use_reentrant=False)
+            else:
+                x, kv = layer(x, route, cos, sin, allowed, past=None if past is None else past[i])
             kvs.append(kv)
         return by_expert(x, route, self.norm, self.norm_moe_gen), kvs
 

@@ -10,10 +10,12 @@ A training sample is a list of *items*:
 
 ``PackedSequence`` concatenates many samples, keeping BAGEL's position rules (text counts up; an image
 block shares one position; a noisy image does not advance the counter) and its condition dropout (a dropped
-text vanishes without advancing the position; a dropped image still advances it). ``packed_loss`` runs the
-model once over the packed sequence, masked sample by sample (``masks.PackedMask``, equal to ``masks.dense_mask``),
-and returns the mean cross-entropy over text targets and the mean squared error of the predicted velocity
-``noise - x_0``.
+text vanishes without advancing the position; a dropped image still advances it). It needs the model's
+*config* (patch sizes, strides), never the model. ``PackedSequence.batch`` draws each noisy image's flow time
+(logit-normal, shifted) and its noise, and returns the tensors ``Bagel.forward`` takes (``model.batch.PackedBatch``).
+The model then runs once over the packed sequence, masked sample by sample (``masks.PackedMask``, equal to
+``masks.dense_mask``), and returns the mean cross-entropy over text targets and the mean squared error of the
+predicted velocity ``noise - x_0``. ``packed_loss`` is both steps in one call.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ import random
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from ..inference.flow import add_noise, logit_normal_timesteps
+from ..inference.flow import logit_normal_timesteps
 from ..loading.tokenizer import SpecialTokens
 from ..model.bagel import Bagel
-from ..model.masks import PackedMask
+from ..model.batch import PackedBatch
+from ..model.config import BagelConfig
 from ..model.patchify import image_position_ids, patchify
 
 
@@ -82,10 +84,14 @@ class PackedSequence:
         self.position_ids += position if isinstance(position, list) else [position] * n
         return list(range(start, start + n))
 
-    def add_sample(self, items: list, model: Bagel, rng: random.Random) -> None:
-        """Append one sample's items (sizes from ``model.config``), applying condition dropout with ``rng``."""
+    def add_sample(self, items: list, cfg: BagelConfig, rng: random.Random) -> None:
+        """Append one sample's items (sizes from ``cfg``, the model's config), applying condition dropout with
+        ``rng``."""
+        if not isinstance(cfg, BagelConfig):
+            raise TypeError(f"add_sample takes the model's config (a BagelConfig), not {type(cfg).__name__}: "
+                            "call seq.add_sample(items, model.config, rng)")
         start, rope = self.length, 0
-        mcfg = model.config
+        mcfg = cfg
         for item in items:
             dropped = item.drop_prob > 0 and rng.random() < item.drop_prob
             if isinstance(item, Text):
@@ -127,54 +133,45 @@ class PackedSequence:
                 rope += 1  # a noisy target does not advance the position
         self.sample_lens.append(self.length - start)
 
+    def batch(self, timestep_shift: float = 1.0, generator: torch.Generator | None = None,
+              device: torch.device | str = "cpu") -> PackedBatch:
+        """The tensors of this sequence, with a flow time per noisy image (logit-normal, then ``timestep_shift``;
+        0 for a clean context image) and the noise of every latent token, both drawn from ``generator``."""
+        if not self.sample_lens:
+            raise ValueError("this packed sequence is empty: add samples with add_sample before making a batch")
+
+        def idx(values):
+            return torch.tensor(values, dtype=torch.long)
+
+        b = PackedBatch(sequence_length=self.length, sample_lens=list(self.sample_lens),
+                        split_lens=list(self.split_lens), attn_modes=list(self.attn_modes),
+                        packed_position_ids=idx(self.position_ids), packed_text_ids=idx(self.text_ids),
+                        packed_text_indexes=idx(self.text_index))
+        if self.vit_patches:
+            b.packed_vit_tokens = torch.cat(self.vit_patches)  # (n_vit, p * p * 3)
+            b.packed_vit_position_ids = torch.cat(self.vit_pos)
+            b.packed_vit_token_indexes = idx(self.vit_index)
+            b.vit_token_seqlens = list(self.vit_lens)
+        if self.latents:
+            x0 = torch.cat(self.latents)  # (n_lat, 4 * z)
+            counts = torch.tensor([len(t) for t in self.latents])
+            noisy = torch.tensor(self.latent_noisy)
+            # one flow time per image: logit-normal (with shift) for targets, 0 for clean context images
+            t_img = torch.where(noisy, logit_normal_timesteps(len(counts), timestep_shift, generator), 0.0)
+            b.packed_latent_clean = x0
+            b.packed_timesteps = torch.repeat_interleave(t_img, counts)  # (n_lat,)
+            b.packed_noise = torch.randn(x0.shape, generator=generator)  # (n_lat, 4 * z)
+            b.packed_latent_position_ids = torch.cat(self.latent_pos)
+            b.packed_vae_token_indexes = idx(self.latent_index)
+            b.mse_loss_indexes = b.packed_vae_token_indexes[torch.repeat_interleave(noisy, counts)]
+        if self.ce_index:
+            b.ce_loss_indexes, b.packed_label_ids = idx(self.ce_index), idx(self.ce_labels)
+        return b.to(device)
+
 
 def packed_loss(model: Bagel, seq: PackedSequence, timestep_shift: float = 1.0,
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """One forward over a packed sequence. Returns {"ce", "mse", "ce_tokens", "mse_tokens"}."""
+    """One forward over a packed sequence: ``model(seq.batch(...))``. Returns {"loss", "ce", "mse", "ce_tokens",
+    "mse_tokens"} (``Bagel.forward``), with CE and MSE weighted 1 : 1 as micro-BAGEL trains."""
     device = model.vae2llm.weight.device
-    d = model.config.llm.hidden_size
-    length = seq.length
-
-    def idx(values):
-        return torch.tensor(values, dtype=torch.long, device=device)
-
-    x = torch.zeros(length, d, device=device)  # (L, D) the packed input rows
-    x = x.index_put((idx(seq.text_index),), model.embed_text(idx(seq.text_ids)).float())
-    if seq.vit_patches:
-        vit = model.embed_vit(torch.cat(seq.vit_patches).to(device), torch.cat(seq.vit_pos).to(device), seq.vit_lens)
-        x = x.index_put((idx(seq.vit_index),), vit.float())
-
-    gen_mask = torch.zeros(length, dtype=torch.bool, device=device)
-    mse = ce = torch.zeros((), device=device)
-    mse_tokens = 0
-    if seq.latents:
-        x0 = torch.cat(seq.latents).to(device)  # (M, 64)
-        counts = [len(t) for t in seq.latents]
-        noisy = torch.tensor(seq.latent_noisy, device=device)
-        # one flow time per image: logit-normal (with shift) for targets, 0 for clean context images
-        t_img = torch.where(noisy, logit_normal_timesteps(len(counts), timestep_shift, generator).to(device), 0.0)
-        t = torch.repeat_interleave(t_img, torch.tensor(counts, device=device))  # (M,)
-        noise = torch.randn(x0.shape, generator=generator).to(device)
-        x_t = add_noise(x0, noise, t)
-        rows = model.embed_latents(x_t, t, torch.cat(seq.latent_pos).to(device))
-        lat_index = idx(seq.latent_index)
-        x = x.index_put((lat_index,), rows.float())
-        gen_mask[lat_index] = True
-        token_noisy = torch.repeat_interleave(noisy, torch.tensor(counts, device=device))  # (M,)
-        mse_tokens = int(token_noisy.sum())
-
-    # the causal / full / noise mask of every sample, applied sample by sample (see masks.PackedMask)
-    allowed = PackedMask(seq.sample_lens, seq.split_lens, seq.attn_modes, device)
-    positions = idx(seq.position_ids)
-    hidden, _ = model.hidden_states(x[None], gen_mask[None], positions[None], allowed)
-    hidden = hidden[0]  # (L, D)
-
-    if mse_tokens:
-        target_rows = lat_index[token_noisy]
-        pred = model.velocity(hidden[target_rows]).float()  # (M_noisy, 64)
-        target = (noise - x0)[token_noisy]
-        mse = ((pred - target) ** 2).mean()
-    if seq.ce_index:
-        logits = model.logits(hidden[idx(seq.ce_index)]).float()  # (n_ce, vocab)
-        ce = F.cross_entropy(logits, idx(seq.ce_labels))
-    return {"ce": ce, "mse": mse, "ce_tokens": len(seq.ce_index), "mse_tokens": mse_tokens}
+    return model(seq.batch(timestep_shift, generator, device), ce_weight=1.0, mse_weight=1.0)
