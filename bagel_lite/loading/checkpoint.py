@@ -17,6 +17,8 @@ parameter model never exists twice. ``save_bagel`` writes the same layout back.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,17 +255,33 @@ def load_bagel(folder: str | Path, device: str | torch.device = "cpu", dtype: to
 
 def save_bagel(folder: str | Path, model: Bagel, ae: AutoEncoder, tokenizer) -> Path:
     """Write ``model``, ``ae`` and ``tokenizer`` as a checkpoint folder that ``load_bagel`` (and the official
-    loader, for FLUX-sized autoencoders) reads back."""
+    loader, for FLUX-sized autoencoders) reads back.
+
+    Never half-written: the files are written into a sibling folder first; then the folder's old
+    ``ema.safetensors`` is removed (from there on ``load_bagel`` refuses the folder), the new files move in, and
+    ``ema.safetensors`` moves in last. A process killed at any moment leaves a folder that loads completely (old
+    or new) or that ``load_bagel`` refuses for its missing weights. Other files in the folder are left alone."""
     folder = Path(folder)
+    staging = folder.with_name(f".{folder.name}.saving")
+    if staging.exists():
+        shutil.rmtree(staging)  # what a killed save left behind
+    staging.mkdir(parents=True)
+    _write_folder(staging, model, ae, tokenizer)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ema.safetensors").unlink(missing_ok=True)
+    for file in sorted(staging.iterdir(), key=lambda f: f.name == "ema.safetensors"):  # the weights last
+        os.replace(file, folder / file.name)
+    staging.rmdir()
+    return folder
+
+
+def _write_folder(folder: Path, model: Bagel, ae: AutoEncoder, tokenizer) -> None:
     cfg = model.config
     (folder / "llm_config.json").write_text(json.dumps(llm_to_json(cfg.llm), indent=2))
     (folder / "vit_config.json").write_text(json.dumps(vit_to_json(cfg.vit), indent=2))
     (folder / "ae_config.json").write_text(json.dumps(ae_to_json(ae.config), indent=2))
     extra = {k: getattr(cfg, k) for k in BAGEL_EXTRA_FIELDS}
     (folder / "bagel_config.json").write_text(json.dumps(extra, indent=2))
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-              str(folder / "ema.safetensors"))
     save_file({k: v.detach().contiguous().cpu() for k, v in ae.state_dict().items()}, str(folder / "ae.safetensors"))
     tokenizer.save_pretrained(str(folder))
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -272,4 +290,5 @@ def save_bagel(folder: str | Path, model: Bagel, ae: AutoEncoder, tokenizer) -> 
     missing = [f for f in TOKENIZER_FILES if not (folder / f).is_file()]
     if missing:
         raise CheckpointError(f"the tokenizer did not write {missing} into {folder}; save a Qwen2Tokenizer")
-    return folder
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+              str(folder / "ema.safetensors"))
