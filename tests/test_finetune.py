@@ -13,39 +13,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
 import bagel_lite
 from bagel_lite.loading.checkpoint import CheckpointError
+from bagel_lite.training.data import write_demo_data
 from bagel_lite.training.finetune import main as finetune
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "golden" / "tiny_ckpt"  # a tiny official-layout folder (the golden set's checkpoint)
-COLORS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 160, 60)}
 
 
 def write_data(folder: Path, lines: int = 20) -> Path:
     """A 20-line JSONL of the three kinds (text-to-image, question, edit) with 32x32 pictures of a circle."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng, rows = random.Random(0), []
-
-    def draw(color, x, name):
-        image = Image.new("RGB", (32, 32), "white")
-        ImageDraw.Draw(image).ellipse([x, 10, x + 12, 22], fill=COLORS[color])
-        image.save(folder / name)
-        return name
-
-    for i in range(lines):
-        c, c2, x = rng.choice(list(COLORS)), rng.choice(list(COLORS)), rng.choice([2, 18])
-        source = draw(c, x, f"{i}.png")
-        rows.append([{"task": "t2i", "image": source, "prompt": f"a {c} circle"},
-                     {"task": "vqa", "image": source, "question": "What colour is the circle?", "answer": c},
-                     {"task": "edit", "source": source, "target": draw(c2, x, f"{i}_edit.png"),
-                      "instruction": f"make the circle {c2}"}][i % 3])
-    path = folder / "data.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_demo_data(folder, lines)
 
 
 def args(data: Path, out: Path, *extra: str) -> list[str]:

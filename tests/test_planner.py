@@ -124,9 +124,9 @@ def test_master_weights_ema_and_8bit_optimizer_per_parameter():
 # Activations
 
 
-def saved_bytes(model: Bagel, seq: PackedSequence) -> int:
-    """Bytes autograd keeps for backward over one forward of ``seq``: every saved tensor's storage once,
-    parameters excluded (they are the weights, counted apart)."""
+def saved_bytes(model: Bagel, seq: PackedSequence, autocast: bool = False) -> int:
+    """Bytes autograd keeps for backward over one forward of ``seq`` (under bf16 autocast if asked): every saved
+    tensor's storage once, parameters excluded (they are the weights, counted apart)."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 
@@ -136,35 +136,46 @@ def saved_bytes(model: Bagel, seq: PackedSequence) -> int:
             seen.setdefault(storage.data_ptr(), storage.nbytes())
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", torch.bfloat16,
+                                                                                   enabled=autocast):
         loss = packed_loss(model, seq, generator=torch.Generator().manual_seed(0))["loss"]
     loss.backward()
     return sum(seen.values())
 
 
-def measure(trainable: str, samples: int, checkpointing: bool = False, dtype=torch.float32) -> tuple[int, int]:
+PRECISIONS = {  # name -> (weights dtype, plan fields)
+    "float32": (torch.float32, dict(weights_dtype="float32")),
+    "bfloat16": (torch.bfloat16, dict(weights_dtype="bfloat16")),
+    "autocast": (torch.float32, dict(weights_dtype="float32", compute_dtype="bfloat16")),  # bf16 matmuls, fp32 rest
+}
+
+
+def measure(trainable: str, samples: int, checkpointing: bool = False, precision="float32") -> tuple[int, int]:
     """(measured, predicted) activation bytes kept for backward."""
+    dtype, fields = PRECISIONS[precision]
     model = micro_model(dtype)
     if checkpointing:
         if not hasattr(model, "set_checkpointing"):
             pytest.skip("this Bagel has no set_checkpointing")
         model.set_checkpointing(True)
     seq = packed(model, samples)
-    name = "float32" if dtype == torch.float32 else "bfloat16"
-    plan = micro_plan(seq, trainable=trainable, checkpointing=checkpointing, weights_dtype=name)
+    plan = micro_plan(seq, trainable=trainable, checkpointing=checkpointing, **fields)
     set_trainable(model, plan)
-    predicted = plan_memory(CFG, plan).parts["activations kept for backward"]
-    return saved_bytes(model, seq), predicted
+    parts = plan_memory(CFG, plan).parts
+    # autocast saves the bf16 copies of the weights it multiplies by (a part of their own in the plan)
+    predicted = parts["activations kept for backward"] + (parts["autocast weight copies"] if not checkpointing else 0)
+    return saved_bytes(model, seq, autocast=precision == "autocast"), predicted
 
 
-@pytest.mark.parametrize("trainable, checkpointing, dtype", [
-    ("all", False, torch.float32), ("generation_expert", False, torch.float32), ("llm", False, torch.float32),
-    ("all", True, torch.float32), ("all", False, torch.bfloat16),
+@pytest.mark.parametrize("trainable, checkpointing, precision", [
+    ("all", False, "float32"), ("generation_expert", False, "float32"), ("llm", False, "float32"),
+    ("all", True, "float32"), ("all", False, "bfloat16"), ("generation_expert", False, "bfloat16"),
+    ("all", False, "autocast"), ("generation_expert", False, "autocast"),
 ])
-def test_activations_match_what_autograd_saves(trainable, checkpointing, dtype):
-    measured, predicted = measure(trainable, 8, checkpointing, dtype)
-    print(f"{trainable}, checkpointing {checkpointing}, {dtype}: measured {measured:,} B, predicted {predicted:,} B, "
-          f"ratio {predicted / measured:.3f}")
+def test_activations_match_what_autograd_saves(trainable, checkpointing, precision):
+    measured, predicted = measure(trainable, 8, checkpointing, precision)
+    print(f"{trainable}, checkpointing {checkpointing}, {precision}: measured {measured:,} B, predicted "
+          f"{predicted:,} B, ratio {predicted / measured:.3f}")
     assert 1 - UNDER < predicted / measured < 1 + OVER
 
 
@@ -273,6 +284,25 @@ def test_cli_prints_the_table_for_1_8_16_gpus(capsys):
     total = next(line for line in out.splitlines() if line.startswith("total")).split()[1:]
     assert len(total) == 3 and float(total[0]) > float(total[1]) > float(total[2])
     assert "1 GPU: this BAGEL training plan needs" in out  # one GPU does not fit, and says why
+
+
+def test_the_finetune_commands_arguments_make_a_plan(monkeypatch):
+    from argparse import Namespace
+
+    args = Namespace(train="generation", freeze_vit=False, bf16=True, fsdp=True, checkpointing=True, ema=0.9999,
+                     max_tokens=11_520, gpu_memory=80.0, cpu=False)
+    plan = planner.plan_of_finetune(args, gpus=8)
+    assert (plan.trainable, plan.weights_dtype, plan.compute_dtype, plan.sharding, plan.ema, plan.gpus) == (
+        "generation_expert", "float32", "bfloat16", "full", "float32", 8)
+    assert plan.residual_bytes == 2  # FSDP's mixed precision casts the parameters: all activations in bf16
+    assert replace(plan, sharding="none").residual_bytes == 4  # autocast keeps the residual stream in float32
+    monkeypatch.setenv("WORLD_SIZE", "8")  # what torchrun sets
+    logged = []
+    assert planner.check_fits_for_finetune(config.full(), args, log=logged.append).fits
+    assert "8 GPU(s)" in logged[0] and "optimizer state" in logged[0]
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(SystemExit, match="GiB too much"):
+        planner.check_fits_for_finetune(config.full(), Namespace(**{**vars(args), "fsdp": False}), log=print)
 
 
 def test_cli_runs_as_a_module():

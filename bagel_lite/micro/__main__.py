@@ -1,9 +1,12 @@
 """``python -m bagel_lite.micro train [--quick] [--out DIR] [--seed N]`` and
 ``python -m bagel_lite.micro evaluate [--folder DIR] [--seed S]``.
 
-``train`` runs the long recipe that made the shipped checkpoint (about 78 minutes on 2 cores; it saves a
-resumable state every few minutes next to the output folder, and the same command continues a stopped run).
-``train --quick`` is the learner's recipe: a smaller model in under 10 minutes, written to ./micro-bagel-quick.
+``train --out DIR`` runs the long recipe that made the shipped checkpoint (about 78 minutes on 2 cores; it saves
+a resumable state every few minutes next to the output folder, and the same command continues a stopped run);
+it writes over the shipped checkpoint only with ``--overwrite-shipped``. ``train --quick`` is the learner's
+recipe: a smaller model in under 10 minutes, written to ./micro-bagel-quick. Under
+``torchrun --nproc_per_node N -m bagel_lite.micro train ...`` the processes share each step's packed sequences
+(data parallel, gloo on CPUs); ``--micro-batches K`` on one process accumulates the same K sequences.
 ``evaluate`` scores a folder on held-out scenes drawn with ``--seed`` (any seed gives a fresh set).
 
 Both say which CPU path they take and on how many threads. Training runs on one thread (its bits depend on
@@ -19,6 +22,8 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from accelerate import PartialState
 
 from ..training.optimization import cpu_threads
 from ..training.precision import choose_threads, cpu_path
@@ -51,7 +56,12 @@ def main(argv=None):
     t = sub.add_parser("train", help="train the autoencoder and micro-BAGEL from scratch (or resume)")
     t.add_argument("--quick", action="store_true", help="the learner's recipe: a smaller model, under 10 minutes")
     t.add_argument("--out", type=Path, default=None,
-                   help=f"checkpoint folder to write (default {CHECKPOINT}, with --quick ./{QUICK_OUT})")
+                   help=f"checkpoint folder to write (with --quick: ./{QUICK_OUT} by default)")
+    t.add_argument("--overwrite-shipped", action="store_true",
+                   help=f"write the long recipe's result over the shipped checkpoint ({CHECKPOINT})")
+    t.add_argument("--micro-batches", type=int, default=None,
+                   help="packed sequences per step (default: one per process; under torchrun each process "
+                        "trains on its share)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--state", type=Path, default=None,
                    help="resumable state file (default: .<out>.train_state.pt beside the output folder)")
@@ -70,9 +80,14 @@ def main(argv=None):
         metrics = evaluate(args.folder, args.seed, args.quick, args.threads)
     else:
         recipe = "quick" if args.quick else "long"
+        if args.out is None and not args.quick and not args.overwrite_shipped:
+            ap.error(f"the long recipe needs --out DIR (or --overwrite-shipped to replace {CHECKPOINT})")
         out = args.out or (QUICK_OUT if args.quick else CHECKPOINT)
-        settings = replace(RECIPES[recipe], seed=args.seed)
+        settings = replace(RECIPES[recipe], seed=args.seed,
+                           micro_batches=args.micro_batches or PartialState().num_processes)
         stats = train(out, settings, state_path=args.state or default_state_path(out))
+        if not PartialState().is_main_process:
+            return
         print(f"wrote {out} ({recipe} recipe) in {stats['train_seconds']:.0f} s of training, autoencoder on the "
               f"{stats['cpu_path']} path")
         if args.no_eval:

@@ -34,15 +34,16 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from ..loading.checkpoint import load_autoencoder, read_config, save_bagel
 from ..model.autoencoder import AutoEncoder
 from ..model.bagel import Bagel
-from ..training.ema import ema_copy, ema_decay, ema_update
 from ..training.optimization import cosine_lr, cpu_threads, optimizer_step, set_lr
-from ..training.packing import PackedSequence, packed_loss
+from ..training.packing import PackedSequence
 from ..training.precision import CpuPath, cpu_path
+from ..training.trainer import StepSettings, Trainer, make_accelerator
 from . import CHECKPOINT
 from .data import QUESTION_WEIGHTS, SMALL, TASKS, MicroSize, SampleMaker, build_tokenizer, image_batch, micro_config
 from .evaluate import autoencoder_quality
@@ -83,6 +84,7 @@ class TrainSettings:
     align_steps: int = 1500  # first, understanding only (BAGEL's stage 1 aligns the image path to the LLM)
     steps: int = 9500  # then all three tasks
     samples_per_step: int = 24
+    micro_batches: int = 1  # packed sequences a step's samples are split into, over processes and accumulation
     task_weights: tuple[float, float, float] = (0.25, 0.3, 0.45)  # t2i, vqa, edit
     question_weights: dict = field(default_factory=lambda: dict(QUESTION_WEIGHTS))
     edit_weights: dict = field(default_factory=lambda: {"recolor": 1.5, "move": 1.0, "resize": 1.5, "remove": 0.5,
@@ -117,8 +119,9 @@ RECIPES = {"quick": QUICK, "long": LONG}
 class Resumable:
     """The training state on disk: saved atomically at most every ``every_s`` seconds, read back on start."""
 
-    def __init__(self, path: Path | None, every_s: float, settings: dict | None = None):
+    def __init__(self, path: Path | None, every_s: float, settings: dict | None = None, write: bool = True):
         self.path, self.every_s, self.last, self.settings = path, every_s, time.time(), settings
+        self.write = write  # under torchrun only the main process writes; every process reads
 
     def load(self) -> dict | None:
         if self.path is None or not self.path.is_file():
@@ -126,7 +129,7 @@ class Resumable:
         return torch.load(self.path, weights_only=False)  # our own file: tensors, RNG states, the log
 
     def maybe_save(self, make_state, force: bool = False) -> None:
-        if self.path is None or not (force or time.time() - self.last >= self.every_s):
+        if self.path is None or not self.write or not (force or time.time() - self.last >= self.every_s):
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
         torch.save({**make_state(), "settings": self.settings}, tmp)
@@ -251,18 +254,31 @@ def reconstruction_error(ae: AutoEncoder, n: int = 64, seed: int = 123) -> float
 
 # --- 2. BAGEL ---------------------------------------------------------------------------------------------
 
-def _bagel_step(model, opt, params, seq, lr, *, s, gen) -> dict:
-    set_lr(opt, lr)
-    losses = packed_loss(model, seq, s.timestep_shift, gen)  # float32: at these widths bf16 is no faster here
-    optimizer_step(opt, losses["ce"] + losses["mse"], clip=params)
-    return losses
+def _step_batches(maker: SampleMaker, special, cfg, s: TrainSettings, step: int, *, rng: random.Random,
+                  gen: torch.Generator) -> list:
+    """The packed micro-batches of one step's global batch: ``s.samples_per_step`` samples dealt round-robin into
+    ``s.micro_batches`` sequences. Alignment first: reading *where* a shape is from the ViT tokens sits on a long
+    plateau before it is learned; questions alone get over it quickly. Then the three tasks together."""
+    seqs = [PackedSequence(special) for _ in range(s.micro_batches)]
+    weights = (0.0, 1.0, 0.0) if step < s.align_steps else s.task_weights
+    for i, task in enumerate(rng.choices(TASKS, weights=weights, k=s.samples_per_step)):
+        seqs[i % s.micro_batches].add_sample(maker.sample(task, rng), cfg, rng)
+    return [seq.batch(s.timestep_shift, gen) for seq in seqs]  # every process draws all the noise
 
 
 def train_bagel(model: Bagel, tokenizer, special, table: PosteriorTable, ae_cfg, *, s: TrainSettings, log=print,
                 on_eval=None, state: dict | None = None, saver: Resumable | None = None, clock=None,
                 phase: str = "bagel") -> tuple:
     """Train with the packed recipe; returns (the EMA model, the training log). ``phase`` names the states
-    this run saves (stage 2: "bagel", stage 3: "final")."""
+    this run saves (stage 2: "bagel", stage 3: "final").
+
+    The step runs under accelerate (``training.trainer.Trainer``): one process, or several under ``torchrun``.
+    Every process draws the same ``s.samples_per_step`` samples, split round-robin into ``s.micro_batches``
+    packed sequences; process r trains on its share of them (the rest it accumulates), so the global batch and
+    its noise are the same whatever the number of processes."""
+    acc = make_accelerator(cpu=True, accumulate=s.micro_batches // PartialState().num_processes)
+    if s.micro_batches % acc.num_processes:
+        raise ValueError(f"micro_batches={s.micro_batches} must be a multiple of the {acc.num_processes} processes")
     gen, rng = torch.Generator().manual_seed(s.seed + 1), random.Random(s.seed + 2)
 
     def latent_of(scene: Scene) -> torch.Tensor:
@@ -272,45 +288,41 @@ def train_bagel(model: Bagel, tokenizer, special, table: PosteriorTable, ae_cfg,
 
     maker = SampleMaker(tokenizer, latent_of, question_weights=s.question_weights, edit_weights=s.edit_weights,
                         question_shift=s.question_shift)
-    ema = ema_copy(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    total = s.align_steps + s.steps
+    trainer = Trainer(model, acc, StepSettings(lr=s.lr, warmup=s.warmup, floor=0.1, steps=total, betas=(0.9, 0.95),
+                                               eps=1e-8, clip=1.0, ema=s.ema, ce_weight=1.0, mse_weight=1.0))
     first, history = 0, {"ce": [], "mse": [], "evals": []}
     if state is not None:  # resume exactly where the state was saved
         model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
+        trainer.opt.load_state_dict(state["opt"])
+        trainer.load_state_dict({"step": state["step"], "ema": [state["ema"][n] for n, _ in model.named_parameters()]})
         rng.setstate(state["rng"])
         gen.set_state(state["gen"])
         first, history = state["step"], state["history"]
+    mine = slice(acc.process_index * acc.gradient_accumulation_steps,
+                 (acc.process_index + 1) * acc.gradient_accumulation_steps)  # this process's micro-batches
     model.train()
-    total = s.align_steps + s.steps
-    bar = tqdm(range(first, total), desc="micro-BAGEL", initial=first, total=total, leave=False)
+    bar = tqdm(range(first, total), desc="micro-BAGEL", initial=first, total=total, leave=False,
+               disable=not acc.is_main_process)
     for step in bar:
-        seq = PackedSequence(special)
-        # Alignment first: reading *where* a shape is from the ViT tokens sits on a long plateau before it is
-        # learned; questions alone get over it quickly. Then the three tasks together.
-        weights = (0.0, 1.0, 0.0) if step < s.align_steps else s.task_weights
-        for task in rng.choices(TASKS, weights=weights, k=s.samples_per_step):
-            seq.add_sample(maker.sample(task, rng), model.config, rng)
-        losses = _bagel_step(model, opt, params, seq, cosine_lr(step, total, s.lr, s.warmup, 0.1), s=s, gen=gen)
-        ema_update(ema, model, ema_decay(step, s.ema))
-        history["ce"].append(round(losses["ce"].item(), 4))
-        history["mse"].append(round(losses["mse"].item(), 4))
+        batches = _step_batches(maker, special, model.config, s, step, rng=rng, gen=gen)
+        losses = trainer.train_step(batches[mine], lr=cosine_lr(step, total, s.lr, s.warmup, 0.1))
+        history["ce"].append(round(losses["ce"], 4))
+        history["mse"].append(round(losses["mse"], 4))
         if step % 10 == 0:
             bar.set_postfix(ce=f"{history['ce'][-1]:.3f}", mse=f"{history['mse'][-1]:.3f}")
-        if on_eval and s.eval_every and (step + 1) % s.eval_every == 0:
-            history["evals"].append({"step": step + 1, **on_eval(ema)})
+        if on_eval and s.eval_every and (step + 1) % s.eval_every == 0 and acc.is_main_process:
+            history["evals"].append({"step": step + 1, **on_eval(trainer.ema_model())})
             log(f"step {step + 1}: " + "  ".join(f"{k} {v:.2f}" for k, v in history["evals"][-1].items()
                                                   if k != "step"))
-        if saver is not None:
+        if saver is not None and acc.is_main_process:
             saver.maybe_save(lambda step=step: {"phase": phase, "step": step + 1, "model": model.state_dict(),
-                                                "ema": ema.state_dict(), "opt": opt.state_dict(),
+                                                "ema": trainer.ema_state_dict(), "opt": trainer.opt.state_dict(),
                                                 "rng": rng.getstate(), "gen": gen.get_state(),
                                                 "history": history, "elapsed": clock()},
                              force=step + 1 == total)
     model.eval()
-    return ema, history
+    return trainer.ema_model(), history
 
 
 # --- the command ------------------------------------------------------------------------------------------
@@ -346,8 +358,8 @@ def train(out: Path, s: TrainSettings, log=print, state_path: Path | None = None
 
 def _train(out: Path, s: TrainSettings, log, state_path: Path | None, path: CpuPath) -> dict:
     recipe = json.loads(json.dumps(asdict(s), default=str))  # what a state must have been made with
-    saver = Resumable(state_path, s.state_every_s, recipe)
-    state = saver.load()
+    saver = Resumable(state_path, s.state_every_s, recipe, write=PartialState().is_main_process)
+    state = saver.load()  # every process reads it; only the main one writes (train_bagel)
     if state is not None and state["settings"] != recipe:
         changed = sorted(k for k in recipe if state["settings"].get(k) != recipe[k])
         raise ValueError(f"the training state {state_path} was made with other settings ({', '.join(changed)}): "
@@ -388,6 +400,8 @@ def _train(out: Path, s: TrainSettings, log, state_path: Path | None, path: CpuP
                                  saver=_WithExtra(saver, {"ae_final": ae.state_dict(), "ae_stats": ae_stats}))
     seconds = clock()
     log(f"trained in {seconds:.0f} s")
+    if not PartialState().is_main_process:  # under torchrun: one process writes the folder
+        return {"train_seconds": round(seconds, 1), "cpu_path": str(path), "loss": history}
     if s.weights_dtype != "float32":
         ema = copy.deepcopy(ema).to(getattr(torch, s.weights_dtype))
     save_bagel(out, ema, ae, tokenizer)

@@ -134,7 +134,8 @@ class ExampleReader:
             return [VitImage(self.pixels(ex["image"])), Text(self.ids(ex["question"])),
                     Text(self.ids(ex["answer"]), loss=True)]
         return [VaeImage(self.latent(ex["source"], generator), drop_prob=d.vae),
-                VitImage(self.pixels(ex["source"]), drop_prob=d.vit), Text(self.ids(ex["instruction"]), drop_prob=d.text),
+                VitImage(self.pixels(ex["source"]), drop_prob=d.vit),
+                Text(self.ids(ex["instruction"]), drop_prob=d.text),
                 VaeImage(self.latent(ex["target"], generator), noisy=True)]
 
 
@@ -166,3 +167,38 @@ def micro_batch(sources: list[Source], reader: ExampleReader, cfg: BagelConfig, 
         if seq.length >= expected_tokens:
             break
     return seq
+
+
+def write_demo_data(folder: str | Path, lines: int = 20) -> Path:
+    """A small JSONL to try the fine-tuning command on: ``lines`` examples of the three kinds (text-to-image,
+    question, edit) about one coloured circle on a 32x32 white picture. Returns the JSONL's path."""
+    from PIL import ImageDraw
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    colors = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 160, 60)}
+    rng, rows = random.Random(0), []
+
+    def draw(color: str, x: int, name: str) -> str:
+        image = Image.new("RGB", (32, 32), "white")
+        ImageDraw.Draw(image).ellipse([x, 10, x + 12, 22], fill=colors[color])
+        image.save(folder / name)
+        return name
+
+    for i in range(lines):
+        c, c2, x = rng.choice(list(colors)), rng.choice(list(colors)), rng.choice([2, 18])
+        side = "left" if x < 16 else "right"
+        source = draw(c, x, f"{i}.png")
+        rows.append([{"task": "t2i", "image": source, "prompt": f"a {c} circle on the {side}"},
+                     {"task": "vqa", "image": source, "question": "What colour is the circle?", "answer": c},
+                     {"task": "edit", "source": source, "target": draw(c2, x, f"{i}_edit.png"),
+                      "instruction": f"make the circle {c2}"}][i % 3])
+    path = folder / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+if __name__ == "__main__":  # python -m bagel_lite.training.data DIR: write the demo data set into DIR
+    import sys
+
+    print(write_demo_data(sys.argv[1] if len(sys.argv) > 1 else "finetune-demo"))

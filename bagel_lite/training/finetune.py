@@ -32,6 +32,7 @@ import torch
 from ..loading.checkpoint import load_bagel, read_config, save_bagel
 from ..loading.transforms import ImageTransform
 from .data import DataError, Dropout, ExampleReader, micro_batch, parse_data_arg, read_jsonl
+from .planner import check_fits_for_finetune
 from .trainer import StepSettings, Trainer, load_state, make_accelerator, save_state, shard
 
 GENERATION_PARTS = ("_moe_gen", "time_embedder", "vae2llm", "llm2vae", "latent_pos_embed")
@@ -90,10 +91,6 @@ def settings_of(args) -> dict:
 
 def plan(args, log) -> None:
     """The memory planner, before any weight is read: print the plan, refuse one that does not fit."""
-    try:
-        from .planner import check_fits_for_finetune
-    except ImportError:  # the planner is optional for this command
-        return
     check_fits_for_finetune(read_config(args.model), args, log)
 
 
@@ -115,45 +112,18 @@ def main(argv=None) -> Path:
     if not args.no_plan:
         plan(args, log)
     loaded = load_bagel(args.model, device=acc.device)
-    model, ae, tokenizer, special, cfg = loaded.model, loaded.ae, loaded.tokenizer, loaded.special, loaded.config
-    trained = choose_trainable(model, args.train, args.freeze_vit)
-    model.train().set_checkpointing(args.checkpointing)
-    if args.fsdp:
-        shard(model, bf16=args.bf16)
-    s = StepSettings(lr=args.lr, warmup=args.warmup, steps=args.steps, ema=args.ema or None)
-    trainer = Trainer(model, acc, s, sharded=args.fsdp)
-    acc.register_for_checkpointing(trainer)
-    if args.tracker:
-        acc.init_trackers("finetune", config={k: str(v) for k, v in settings_of(args).items()})
-    log(f"{acc.num_processes} process(es) on {acc.device} ({acc.distributed_type.value.lower().replace('_', ' ')}), {trained:,} parameters "
-        f"train ({args.train}), {'bf16' if args.bf16 else 'float32'}{', FSDP' if args.fsdp else ''}"
-        f"{', checkpointing' if args.checkpointing else ''}; global batch = {acc.num_processes} x {args.accumulate} "
-        f"micro-batches of ~{args.tokens} tokens")
-
-    state_dir = args.state or args.out.with_name(args.out.name + ".state")
-    history, settings = {"ce": [], "mse": []}, settings_of(args)
-    if args.fsdp:
-        log("note: under --fsdp no resumable state is written yet (only the final folder)")
-    else:
-        extra = load_state(acc, state_dir)
-        if extra is not None:
-            if extra["settings"] != settings:
-                changed = sorted(k for k in settings if extra["settings"].get(k) != settings[k])
-                raise SystemExit(f"the state {state_dir} was made with other settings ({', '.join(changed)}): run "
-                                 "with the same ones to continue it, or delete the folder to start again")
-            history = extra["history"]
-            log(f"resuming from {state_dir} at step {trainer.step}")
-
-    patch = cfg.vae.downsample * cfg.latent_patch_size
+    trainer = prepare(loaded.model, acc, args, log)
+    history = resume(acc, trainer, args, log)
+    patch = loaded.config.vae.downsample * loaded.config.latent_patch_size
     vae_sides, vit_sides = ((args.image_size, args.image_size),) * 2 if args.image_size else ((1024, 512), (980, 224))
-    reader = ExampleReader(tokenizer, ae, ImageTransform(*vae_sides, patch),
-                           ImageTransform(*vit_sides, cfg.vit.patch_size), Dropout())
+    reader = ExampleReader(loaded.tokenizer, loaded.ae, ImageTransform(*vae_sides, patch),
+                           ImageTransform(*vit_sides, loaded.config.vit.patch_size), Dropout())
     start = time.time()
     for step in range(trainer.step, args.steps):
         batches = []
         for a in range(args.accumulate):
             index = acc.process_index * args.accumulate + a  # micro-batch k of the global batch
-            seq = micro_batch(sources, reader, cfg, special, seed=args.seed, step=step, index=index,
+            seq = micro_batch(sources, reader, loaded.config, loaded.special, seed=args.seed, step=step, index=index,
                               expected_tokens=args.tokens, max_tokens=args.max_tokens)
             noise = torch.Generator().manual_seed(random.Random(f"{args.seed}-{step}-{index}-noise").randrange(2**62))
             batches.append(seq.batch(args.timestep_shift, noise))
@@ -163,23 +133,67 @@ def main(argv=None) -> Path:
         acc.log({"ce": out["ce"], "mse": out["mse"], "lr": trainer.opt.param_groups[0]["lr"]}, step=step)
         log(f"step {step + 1}/{args.steps}: ce {out['ce']:.4f}  mse {out['mse']:.4f}")
         if not args.fsdp and args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
-            save_state(acc, state_dir, {"settings": settings, "history": history})
+            save_state(acc, state_dir(args), {"settings": settings_of(args), "history": history})
+    write_result(acc, trainer, loaded, args, {"settings": settings_of(args), "loss": history,
+                                              "processes": acc.num_processes, "seconds": round(time.time() - start, 1)})
+    log(f"wrote {args.out}")
+    return args.out
+
+
+def prepare(model, acc, args, log) -> Trainer:
+    """Which parameters train, checkpointing, sharding; the ``Trainer``, registered for ``save_state``."""
+    trained = choose_trainable(model, args.train, args.freeze_vit)
+    model.train().set_checkpointing(args.checkpointing)
+    if args.fsdp:
+        shard(model, bf16=args.bf16)
+    s = StepSettings(lr=args.lr, warmup=args.warmup, steps=args.steps, ema=args.ema or None)
+    trainer = Trainer(model, acc, s, sharded=args.fsdp)
+    acc.register_for_checkpointing(trainer)
+    if args.tracker:
+        acc.init_trackers("finetune", config={k: str(v) for k, v in settings_of(args).items()})
+    mode = "one process" if acc.num_processes == 1 else acc.distributed_type.value.lower().replace("_", " ")
+    log(f"{acc.num_processes} process(es) on {acc.device} ({mode}): {trained:,} parameters "
+        f"train ({args.train}), {'bf16' if args.bf16 else 'float32'}{', FSDP' if args.fsdp else ''}"
+        f"{', checkpointing' if args.checkpointing else ''}; global batch = {acc.num_processes} x {args.accumulate} "
+        f"micro-batches of ~{args.tokens} tokens")
+    return trainer
+
+
+def state_dir(args) -> Path:
+    return args.state or args.out.with_name(args.out.name + ".state")
+
+
+def resume(acc, trainer: Trainer, args, log) -> dict:
+    """The loss history so far: empty, or that of the complete state found (model, optimiser, RNG, step and EMA
+    are restored into the registered objects)."""
+    if args.fsdp:
+        log("note: under --fsdp no resumable state is written yet (only the final folder)")
+        return {"ce": [], "mse": []}
+    extra = load_state(acc, state_dir(args))
+    if extra is None:
+        return {"ce": [], "mse": []}
+    settings = settings_of(args)
+    if extra["settings"] != settings:
+        changed = sorted(k for k in settings if extra["settings"].get(k) != settings[k])
+        raise SystemExit(f"the state {state_dir(args)} was made with other settings ({', '.join(changed)}): run "
+                         "with the same ones to continue it, or delete the folder to start again")
+    log(f"resuming from {state_dir(args)} at step {trainer.step}")
+    return extra["history"]
+
+
+def write_result(acc, trainer: Trainer, loaded, args, log_json: dict) -> None:
+    """The EMA (gathered from every process's shard) as an official-layout folder, and the training log."""
+    from ..model.bagel import Bagel
 
     ema = trainer.ema_state_dict()  # every process takes part in gathering the shards
     if acc.is_main_process:
-        from ..model.bagel import Bagel
-
         with torch.random.fork_rng():
-            final = Bagel(cfg)
+            final = Bagel(loaded.config)
         final.load_state_dict(ema, strict=True)
-        save_bagel(args.out, final, ae.float().cpu(), tokenizer)
-        (args.out / "train_log.json").write_text(json.dumps(
-            {"settings": settings, "loss": history, "processes": acc.num_processes,
-             "seconds": round(time.time() - start, 1)}))
-        log(f"wrote {args.out}")
+        save_bagel(args.out, final, loaded.ae.float().cpu(), loaded.tokenizer)
+        (args.out / "train_log.json").write_text(json.dumps(log_json))
     acc.wait_for_everyone()
     acc.end_training()
-    return args.out
 
 
 if __name__ == "__main__":

@@ -5,12 +5,15 @@ the packed token budget); ``plan_memory`` turns it into bytes per GPU from the m
 the meta device (no memory, no download); ``check_plan`` refuses a plan that does not fit with a message that
 names the biggest parts and the single changes the planner itself verified would fit.
 
-What is counted, per GPU (n = parameters of a part, f = the sharding factor, b = bytes of the weights' dtype):
+What is counted, per GPU (n = parameters of a part, f = the sharding factor, w = bytes of the weights' dtype, b =
+bytes of the compute dtype, r = bytes of the residual stream; b = r = w unless a bf16 compute dtype runs over
+float32 weights: FSDP's mixed precision casts the parameters, so r = b = 2; autocast casts only the matmuls'
+inputs, so r = w = 4 and b = 2):
 
-* **weights**: every parameter of ``Bagel``, ``n * b``, trainable and frozen apart; divided by f under FSDP
+* **weights**: every parameter of ``Bagel``, ``n * w``, trainable and frozen apart; divided by f under FSDP
   (FSDP shards frozen parameters too). The FLUX **autoencoder** is always frozen, float32 and replicated (the
   official trainer keeps it outside FSDP): 83.8 M parameters = 0.31 GiB.
-* **gradients**: one per trainable parameter in the weights' dtype, ``n * b / f``.
+* **gradients**: one per trainable parameter in the weights' dtype, ``n * w / f``.
 * **master weights**: with bf16 weights, a float32 copy of every trainable parameter that the optimiser updates,
   ``4 n / f`` (none when the weights are float32 already). FSDP's mixed precision stores the same thing as
   float32 sharded parameters and float32 sharded gradients: 4 + 4 bytes instead of 2 + 2 + 4; the 16 bytes per
@@ -23,13 +26,17 @@ What is counted, per GPU (n = parameters of a part, f = the sharding factor, b =
   (4 bytes with master weights). All divided by f.
 * **EMA**: a moving average of the whole model (what the official trainer and ``ema.ema_copy`` keep, frozen parts
   included) in its own dtype: ``N * bytes(ema) / f``.
-* **FSDP gathered layers** (f > 1 only): FSDP all-gathers each unit's parameters in bf16 to compute with them. At
-  the peak of backward it holds the root unit (embeddings, lm_head, final norms, vae2llm, llm2vae: wrapped with
-  no layer, gathered for the whole step) with its unsharded gradients, the decoder layer being computed and the
-  one prefetched, and that layer's unsharded gradients: ``b * (root + root_trainable + 2 layer + layer_trainable)``.
+* **FSDP gathered layers** (FSDP over several GPUs, or casting to a compute dtype): each unit's parameters are
+  gathered in the compute dtype. At the peak of backward FSDP holds the root unit (embeddings, lm_head, final
+  norms, vae2llm, llm2vae: wrapped with no layer, gathered for the whole step) with its unsharded gradients, the
+  decoder layer being computed and the one prefetched, and that layer's unsharded gradients:
+  ``b * (root + root_trainable + 2 layer + layer_trainable)``.
+* **autocast weight copies** (autocast only): the compute-dtype copy of every weight a matmul reads, ``b n``: a
+  trainable weight's copy stays in autocast's cache until the forward ends; a frozen one's is saved for backward
+  where its input needs a gradient (decoder layers without checkpointing, lm_head, generation in/out).
 * **activations kept for backward**, from the shapes (D hidden, K = kv_heads * head_dim, I intermediate, H heads,
-  V vocab, N tokens of the packed sequence, b the compute dtype, 4 for float32). What one MoT decoder layer of
-  this implementation keeps per token, measured op by op with ``saved_tensors_hooks``:
+  V vocab, N tokens of the packed sequence). What one MoT decoder layer of this implementation keeps per token,
+  read op by op from autograd's saved tensors (written for r = b; see ``layer_bytes_per_token`` for r != b):
 
   - always (the token's residual stream needs a gradient): the float32 inputs of its four RMSNorms (two layer
     norms of D, the q-norm of D, the k-norm of K) ``4 (3D + K)``; each expert's output that ``by_expert`` scatters
@@ -41,23 +48,25 @@ What is counted, per GPU (n = parameters of a part, f = the sharding factor, b =
     of the four norms ``b (3D + K)``, the inputs of q, k, v (each gathered apart), o and the MLP ``5 b D``, and the
     down projection's input ``b I``.
 
-  So ``4 (3D + K) + b (17D + 3K + 4I)`` per token for a trained expert: 321 KB per token per layer for
-  BAGEL-7B-MoT in bf16. Plus, per layer, SDPA's additive copy of the boolean sample mask in the compute dtype,
-  ``b N min(N, sample_tokens)`` (every sample counted as long as the longest). With **checkpointing** each layer
-  keeps only its input ``b D`` per token, and backward recomputes one layer at a time (the next row). Outside the
-  decoder: the ViT's tokens keep ``b (9 Dv + 2 Iv)`` per token per ViT layer when it trains (LayerNorm inputs,
-  q/k/v input, attention q, k, v, output, out_proj, fc1 and fc2 inputs) and the connector ``b (Dv + 2D)``; the
-  final norm ``(4 + 2b) D`` per token; the CE tokens' lm_head input ``b D`` and float32 log-probabilities
-  ``4 V``; the latent tokens' time embedder and vae2llm / llm2vae inputs ``b (3D + 320)``.
+  So ``4 (3D + K) + b (17D + 3K + 4I)`` per token for a trained expert: 321,784 bytes per token per layer for
+  BAGEL-7B-MoT in bf16 (225,528 for a frozen expert's token). Plus, per layer, SDPA's additive copy of the
+  boolean sample mask in the compute dtype, ``b N min(N, sample_tokens)`` (every sample counted as long as the
+  longest). With **checkpointing** each layer keeps only its input ``r D`` per token, and backward recomputes one
+  layer at a time (the next row). Outside the decoder: the ViT's tokens keep ``2 r Dv + b (7 Dv + 2 Iv)`` per
+  token per ViT layer when it trains (LayerNorm inputs, q/k/v input, attention q, k, v, output, out_proj, fc1 and
+  fc2 inputs) and the connector ``b (Dv + 2D)``; the final norm ``(4 + 2r) D`` per token; the CE tokens' lm_head
+  input ``b D`` and float32 log-probabilities ``4 V``; the latent tokens' time embedder and vae2llm / llm2vae
+  inputs ``b (3D + 320)``.
 * **one layer recomputed** (checkpointing only): one decoder layer's activations, as above, for N tokens.
-* **backward workspace**: the gradients alive at the widest point of a layer's backward ``b N (2D + 3I)``, and at
+* **backward workspace**: the gradients alive at the widest point of a layer's backward ``N (2rD + 3bI)``, and at
   the loss the float32 gradients of the log-probabilities and of the logits ``8 V`` per CE token.
 * **margin**: 10% of all the parts above (the caching allocator's fragmentation under packed sequences of
   varying length, kernel workspaces) plus 1 GiB (the CUDA context, cuBLAS and NCCL buffers).
 
 Checked against the real model (``tests/test_planner.py``): weights, gradients and AdamW state are exact; the
-activations kept for backward agree with what autograd saves on micro-BAGEL within a few per cent (the formula
-leaves out index tensors, the RoPE tables and the grid padding of samples of unequal length). Not counted: the
+activations kept for backward agree with what autograd saves on micro-BAGEL within 5% in float32, bf16 and bf16
+autocast (the formula leaves out index tensors, the RoPE tables and the grid padding of samples of unequal
+length). Not counted: the
 autoencoder's encoding of the batch (no gradient, freed before the forward), the K/V every layer returns (kept
 until the decoder returns: under 1% of a layer's activations), DDP's gradient buckets (none with
 ``gradient_as_bucket_view=True``), CPU offload.
@@ -72,6 +81,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -111,8 +121,9 @@ class TrainPlan:
 
     trainable: str = "all"  # a key of TRAINABLE
     freeze_vit: bool = False  # keep SigLIP frozen even when the choice above trains it (the official freeze_vit)
-    weights_dtype: str = "bfloat16"  # the dtype the model computes in: "bfloat16" or "float32"
+    weights_dtype: str = "bfloat16"  # the dtype the weights are kept in: "bfloat16" or "float32"
     master_weights: bool = True  # float32 copies of the trainable weights for the optimiser (bf16 weights only)
+    compute_dtype: str | None = None  # None: the weights' dtype; "bfloat16" over float32 weights: mixed precision
     optimizer: str = "adamw"  # "adamw" (torch), "adamw8bit" (bitsandbytes), "sgd" (with momentum)
     ema: str | None = None  # dtype of an EMA copy of the model ("float32", "bfloat16"), or None for no EMA
     gpus: int = 8
@@ -132,6 +143,9 @@ class TrainPlan:
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}: use one of {', '.join(allowed)}")
+        if self.compute_dtype is not None and self.compute_dtype not in DTYPE_BYTES:
+            raise ValueError(f"compute_dtype={self.compute_dtype!r}: use one of {', '.join(DTYPE_BYTES)}, or None for "
+                             "the weights' dtype")
         if self.ema is not None and self.ema not in DTYPE_BYTES:
             raise ValueError(f"ema={self.ema!r}: use one of {', '.join(DTYPE_BYTES)}, or None for no EMA")
         for name in ("gpus", "gpus_per_node", "tokens", "sample_tokens"):
@@ -147,6 +161,18 @@ class TrainPlan:
     @property
     def trained_parts(self) -> tuple[str, ...]:
         return tuple(p for p in TRAINABLE[self.trainable] if not (p == "vit" and self.freeze_vit))
+
+    @property
+    def compute_bytes(self) -> int:
+        """b: bytes of what the matmuls read and write (activations)."""
+        return DTYPE_BYTES[self.compute_dtype or self.weights_dtype]
+
+    @property
+    def residual_bytes(self) -> int:
+        """r: bytes of the residual stream. FSDP's mixed precision casts the parameters themselves, so the embeddings
+        and everything after them are in the compute dtype; autocast (no FSDP) leaves the weights, the embeddings
+        and the residual stream in the weights' dtype and casts only the matmuls' inputs."""
+        return self.compute_bytes if self.sharding != "none" else DTYPE_BYTES[self.weights_dtype]
 
     @property
     def shard_factor(self) -> int:
@@ -275,46 +301,66 @@ def state_bytes(counts: ParameterCounts, plan: TrainPlan) -> dict[str, int]:
 
 
 def fsdp_buffer_bytes(counts: ParameterCounts, plan: TrainPlan) -> int:
-    """bf16 all-gathered parameters and unsharded gradients FSDP holds at the peak of backward (0 without FSDP)."""
-    if plan.shard_factor == 1:
-        return 0
+    """Gathered compute-dtype parameters and unsharded gradients FSDP holds at the peak of backward (0 for DDP)."""
+    if plan.sharding == "none" or (plan.shard_factor == 1 and plan.compute_bytes == DTYPE_BYTES[plan.weights_dtype]):
+        return 0  # DDP, or FSDP on one GPU with nothing to gather nor cast
     trained = plan.trained_parts
     root, layer = sum(counts.root.values()), sum(counts.layer.values())
     root_t = sum(n for p, n in counts.root.items() if p in trained)
     layer_t = sum(n for p, n in counts.layer.items() if p in trained)
-    return DTYPE_BYTES[plan.weights_dtype] * (root + root_t + 2 * layer + layer_t)
+    return plan.compute_bytes * (root + root_t + 2 * layer + layer_t)
 
 
-def layer_bytes_per_token(cfg: BagelConfig, b: int, trains: bool) -> int:
-    """Bytes one MoT decoder layer keeps for backward per token whose expert trains (or not)."""
+def autocast_copy_bytes(cfg: BagelConfig, counts: ParameterCounts, plan: TrainPlan) -> int:
+    """Autocast (a compute dtype over float32 weights, without FSDP) multiplies by compute-dtype copies of the
+    weights: a trainable weight's copy stays in autocast's cache until the forward ends, a frozen weight's is saved
+    for backward where its input needs a gradient (the decoder layers unless checkpointing recomputes them,
+    lm_head, the generation in/out layers). Embedding lookups are not cast."""
+    if plan.compute_bytes == DTYPE_BYTES[plan.weights_dtype] or plan.sharding != "none":
+        return 0
+    trained, lm_head = plan.trained_parts, cfg.llm.vocab_size * cfg.llm.hidden_size  # embed_tokens is as large
+    frozen_saved = [p for p in ("understanding_expert", "generation_expert", "generation_io")
+                    if p not in trained and not (plan.checkpointing and p != "generation_io")]
+    n = sum(counts.parts[p].numel for p in (*trained, *frozen_saved))
+    n += -lm_head if "embeddings" in trained else lm_head  # trained: less embed_tokens (a lookup); frozen: lm_head
+    return plan.compute_bytes * n
+
+
+def layer_bytes_per_token(cfg: BagelConfig, b: int, r: int, trains: bool) -> int:
+    """Bytes one MoT decoder layer keeps for backward per token whose expert trains (or not); b: compute dtype,
+    r: residual stream dtype (see the module docstring; r = b unless autocast runs over float32 weights)."""
     llm = cfg.llm
     d, k, i = llm.hidden_size, llm.num_key_value_heads * llm.head_dim, llm.intermediate_size
-    always = 4 * (3 * d + k) + b * (5 * d + 2 * k) + 4 * b * d + 3 * b * i + 4 * (2 + 2 * llm.num_attention_heads
-                                                                                   + llm.num_key_value_heads)
-    weights = b * (3 * d + k) + 5 * b * d + b * i
+    always = (4 * (3 * d + k)  # the four RMSNorms' float32 inputs
+              + r * (2 * d + d + k) + b * (k + 2 * d)  # expert outputs scattered back: norms, q, k (r); v, o, MLP (b)
+              + 4 * b * d + 3 * b * i  # attention q, k, v, output; SiLU input and the product's two factors
+              + 4 * (2 + 2 * llm.num_attention_heads + llm.num_key_value_heads))  # 1/RMS, log-sum-exp
+    mlp_inputs = 1 if r == b else 2  # autocast casts the float32 MLP input once for gate, once for up
+    weights = r * 2 * d + b * (d + k) + b * (3 * d + d + mlp_inputs * d) + b * i  # normed values, linear inputs
     return always + (weights if trains else 0)
 
 
 def decoder_layer_bytes(cfg: BagelConfig, plan: TrainPlan) -> int:
     """One decoder layer's activations for the whole packed sequence: its tokens by expert, and the mask."""
-    b, n = DTYPE_BYTES[plan.weights_dtype], plan.tokens
+    b, r, n = plan.compute_bytes, plan.residual_bytes, plan.tokens
     gen = round(n * plan.gen_share)
-    per_token = ((n - gen) * layer_bytes_per_token(cfg, b, "understanding_expert" in plan.trained_parts)
-                 + gen * layer_bytes_per_token(cfg, b, "generation_expert" in plan.trained_parts))
+    per_token = ((n - gen) * layer_bytes_per_token(cfg, b, r, "understanding_expert" in plan.trained_parts)
+                 + gen * layer_bytes_per_token(cfg, b, r, "generation_expert" in plan.trained_parts))
     return per_token + b * n * min(n, plan.sample_tokens)  # SDPA's additive copy of the sample mask
 
 
 def outside_decoder_bytes(cfg: BagelConfig, plan: TrainPlan) -> int:
     """Activations kept outside the decoder layers: ViT and connector, final norm, both heads."""
-    b, n, trained = DTYPE_BYTES[plan.weights_dtype], plan.tokens, plan.trained_parts
+    b, r, n, trained = plan.compute_bytes, plan.residual_bytes, plan.tokens, plan.trained_parts
     d, v, vit = cfg.llm.hidden_size, cfg.llm.vocab_size, cfg.vit
     vit_tokens, gen_tokens, ce_tokens = (round(n * s) for s in (plan.vit_share, plan.gen_share, plan.ce_share))
-    total = n * (4 + 2 * b) * d  # final norm: float32 input, normalised values, the expert output scattered back
+    total = n * (4 + 2 * r) * d  # final norm: float32 input, normalised values, the expert output scattered back
     total += ce_tokens * (4 * v + (b * d if "embeddings" in trained else 0))  # log-probs, lm_head input
     if "generation_io" in trained:
         total += gen_tokens * b * (3 * d + 64 + 256)  # time embedder, vae2llm, llm2vae inputs
     if "vit" in trained:
-        per_layer = b * (9 * vit.hidden_size + 2 * vit.intermediate_size) + 4 * (4 + vit.num_attention_heads)
+        per_layer = (r * 2 * vit.hidden_size + b * (7 * vit.hidden_size + 2 * vit.intermediate_size)  # LN inputs: r
+                     + 4 * (4 + vit.num_attention_heads))
         total += vit_tokens * (vit.num_hidden_layers * per_layer + b * (vit.hidden_size + 3 * vit.patch_size ** 2))
     if "connector" in trained:
         total += vit_tokens * b * (vit.hidden_size + 2 * d)
@@ -323,14 +369,14 @@ def outside_decoder_bytes(cfg: BagelConfig, plan: TrainPlan) -> int:
 
 def activation_bytes(cfg: BagelConfig, plan: TrainPlan) -> dict[str, int]:
     """Activations kept for backward, one recomputed layer (checkpointing), and the backward workspace."""
-    b, n, llm = DTYPE_BYTES[plan.weights_dtype], plan.tokens, cfg.llm
+    b, r, n, llm = plan.compute_bytes, plan.residual_bytes, plan.tokens, cfg.llm
     layer = decoder_layer_bytes(cfg, plan)
-    kept_layers = llm.num_hidden_layers * (b * n * llm.hidden_size if plan.checkpointing else layer)
+    kept_layers = llm.num_hidden_layers * (r * n * llm.hidden_size if plan.checkpointing else layer)
     ce_tokens = round(n * plan.ce_share)
     return {
         "activations kept for backward": kept_layers + outside_decoder_bytes(cfg, plan),
         "one layer recomputed (checkpointing)": layer if plan.checkpointing else 0,
-        "backward workspace": b * n * (2 * llm.hidden_size + 3 * llm.intermediate_size) + 8 * ce_tokens
+        "backward workspace": n * (2 * r * llm.hidden_size + 3 * b * llm.intermediate_size) + 8 * ce_tokens
         * llm.vocab_size,
     }
 
@@ -364,7 +410,7 @@ def plan_memory(cfg: BagelConfig, plan: TrainPlan, counts: ParameterCounts | Non
     """Bytes per GPU of each part of ``plan`` for the model ``cfg`` (``counts`` saves recounting the model)."""
     counts = counts or count_parameters(cfg)
     parts = {**state_bytes(counts, plan), "FSDP gathered layers": fsdp_buffer_bytes(counts, plan),
-             **activation_bytes(cfg, plan)}
+             "autocast weight copies": autocast_copy_bytes(cfg, counts, plan), **activation_bytes(cfg, plan)}
     parts[f"margin ({MARGIN_SHARE:.0%} + {MARGIN_FIXED / GiB:.0f} GiB)"] = int(MARGIN_SHARE * sum(parts.values())
                                                                               + MARGIN_FIXED)
     return MemoryPlan(plan, parts, counts.total(plan.trained_parts).numel, counts.total().numel)
@@ -462,6 +508,8 @@ def check_plan(cfg: BagelConfig, plan: TrainPlan, counts: ParameterCounts | None
 def describe(plan: TrainPlan) -> str:
     """One line of what a plan trains and how."""
     master = " + float32 master" if plan.master_weights and plan.weights_dtype == "bfloat16" else ""
+    if plan.compute_dtype and plan.compute_dtype != plan.weights_dtype:
+        master += f", {plan.compute_dtype} compute"
     shard = {"none": "DDP (replicated)", "full": "FSDP full shard",
              "hybrid": f"FSDP hybrid shard ({plan.gpus_per_node} per node)"}[plan.sharding]
     vit = ", ViT frozen" if plan.freeze_vit else ""
@@ -499,6 +547,39 @@ def plan_table(cfg: BagelConfig, gpus=(1, 8, 16), plan: TrainPlan | None = None,
     return "\n".join(lines)
 
 
+FINETUNE_TRAIN = {"all": "all", "generation": "generation_expert", "understanding": "understanding_expert"}
+
+
+def plan_of_finetune(args: argparse.Namespace, gpus: int | None = None) -> TrainPlan:
+    """The plan of ``python -m bagel_lite.training.finetune``'s arguments: float32 weights (its own master weights),
+    bf16 compute with ``--bf16`` (autocast, or FSDP2's mixed precision with ``--fsdp``), torch AdamW, a float32 EMA
+    of the whole model unless ``--ema 0``, FSDP full shard with ``--fsdp``, packed sequences of ``--max-tokens``;
+    ``gpus`` defaults to torchrun's ``WORLD_SIZE``."""
+    return TrainPlan(trainable=FINETUNE_TRAIN[args.train], freeze_vit=bool(getattr(args, "freeze_vit", False)),
+                     weights_dtype="float32", master_weights=False,
+                     compute_dtype="bfloat16" if getattr(args, "bf16", False) else None, optimizer="adamw",
+                     ema="float32" if getattr(args, "ema", 0) else None,
+                     gpus=gpus or int(os.environ.get("WORLD_SIZE", "1")),
+                     sharding="full" if getattr(args, "fsdp", False) else "none",
+                     checkpointing=bool(getattr(args, "checkpointing", False)),
+                     tokens=int(getattr(args, "max_tokens", 11_520)),
+                     gpu_memory_gib=float(getattr(args, "gpu_memory", 80.0)))
+
+
+def check_fits_for_finetune(cfg: BagelConfig, args: argparse.Namespace, log=print) -> MemoryPlan:
+    """Log the fine-tuning command's plan; refuse one that does not fit a GPU (``SystemExit`` with the planner's
+    message). A ``--cpu`` run is only logged: the GPU memory does not bind it."""
+    plan = plan_of_finetune(args)
+    mp = plan_memory(cfg, plan)
+    if not mp.fits and not getattr(args, "cpu", False):
+        try:
+            check_plan(cfg, plan)
+        except ValueError as e:
+            raise SystemExit(f"{e}\n(--no-plan skips this check)") from None
+    log(format_plan(mp))
+    return mp
+
+
 def model_config(model: str) -> BagelConfig:
     """A preset ("full" = BAGEL-7B-MoT, also "7b"; "tiny") or a checkpoint folder (only its JSON is read)."""
     named = {"full": presets.full, "7b": presets.full, "bagel-7b-mot": presets.full, "tiny": presets.tiny}
@@ -518,6 +599,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--freeze-vit", action="store_true")
     p.add_argument("--weights-dtype", default=d.weights_dtype, choices=sorted(DTYPE_BYTES))
     p.add_argument("--master-weights", action=argparse.BooleanOptionalAction, default=d.master_weights)
+    p.add_argument("--compute-dtype", default=None, choices=sorted(DTYPE_BYTES),
+                   help="default: the weights' dtype; bfloat16 over float32 weights is mixed precision")
     p.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
     p.add_argument("--ema", default="none", choices=["none", *DTYPE_BYTES])
     p.add_argument("--sharding", default=d.sharding, choices=SHARDING)
@@ -535,7 +618,8 @@ def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
     cfg = model_config(a.model)
     plan = TrainPlan(trainable=a.trainable, freeze_vit=a.freeze_vit, weights_dtype=a.weights_dtype,
-                     master_weights=a.master_weights, optimizer=a.optimizer, ema=None if a.ema == "none" else a.ema,
+                     master_weights=a.master_weights, compute_dtype=a.compute_dtype, optimizer=a.optimizer,
+                     ema=None if a.ema == "none" else a.ema,
                      gpus=a.gpus[0], sharding=a.sharding, gpus_per_node=a.gpus_per_node,
                      checkpointing=a.checkpointing, tokens=a.tokens, sample_tokens=a.sample_tokens,
                      gen_share=a.gen_share, vit_share=a.vit_share, ce_share=a.ce_share,

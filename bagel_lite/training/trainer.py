@@ -175,8 +175,11 @@ class Trainer:
     def ema_model(self) -> Bagel:
         """A plain (unsharded, CPU) copy of the model holding the EMA weights."""
         state = self.ema_state_dict()
-        model = Bagel(self.bare.config)
-        model.load_state_dict(state, strict=False)  # the frozen position tables are rebuilt by the constructor
+        with torch.random.fork_rng():  # the constructor's random init must not move the global RNG
+            model = Bagel(self.bare.config)
+        model.load_state_dict(state, strict=True)
+        for p in model.parameters():
+            p.requires_grad_(False)
         return model.eval()
 
     def state_dict(self) -> dict:
