@@ -352,8 +352,14 @@ def train(out: Path, s: TrainSettings, log=print, state_path: Path | None = None
     Runs on ``s.threads`` CPU threads and gives the process its old thread count back afterwards. The
     autoencoder runs under bf16 autocast if ``bf16`` (default: only where the CPU has native bf16 units,
     ``precision.cpu_path``), else in float32; the log records which (``cpu_path``)."""
+    if not PartialState().is_main_process:  # under torchrun one process speaks for all
+        log = _quiet
     with cpu_threads(s.threads):
         return _train(out, s, log, state_path, cpu_path(bf16))
+
+
+def _quiet(*_) -> None:
+    return None
 
 
 def _train(out: Path, s: TrainSettings, log, state_path: Path | None, path: CpuPath) -> dict:

@@ -1,4 +1,4 @@
-"""Training: packed sequences and BAGEL's two losses, the step under accelerate, fine-tuning, and memory.
+"""Packed sequences and BAGEL's two losses, the step under accelerate (DDP, FSDP2), fine-tuning, memory planning.
 
 ``packing`` (``PackedSequence``, ``packed_loss``), ``trainer`` (the step under accelerate on one process or many,
 FSDP2 sharding, the sharded EMA, atomic resumable states), ``data`` (hand-written JSONL data, mixed by weights,
