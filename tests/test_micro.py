@@ -159,7 +159,7 @@ def test_stage_3_can_train_only_some_parameters(tmp_path):
 def test_a_stopped_run_resumes_to_the_same_bytes(tmp_path, monkeypatch, stop_at):
     settings = tiny_settings(state_every_s=0.0)  # a state after every step
     train(tmp_path / "whole", settings, log=lambda *_: None)
-    state = tmp_path / "state.pt"
+    state = tmp_path / "state"
     saves = {"n": 0}
     original = Resumable.maybe_save
 
@@ -173,7 +173,7 @@ def test_a_stopped_run_resumes_to_the_same_bytes(tmp_path, monkeypatch, stop_at)
     with pytest.raises(KeyboardInterrupt):
         train(tmp_path / "resumed", settings, log=lambda *_: None, state_path=state)
     monkeypatch.setattr(Resumable, "maybe_save", original)
-    assert state.is_file()
+    assert (state / "complete.json").is_file() and (state / "progress.pt").is_file()
     train(tmp_path / "resumed", settings, log=lambda *_: None, state_path=state)
     for file in ("ema.safetensors", "ae.safetensors"):
         assert (tmp_path / "whole" / file).read_bytes() == (tmp_path / "resumed" / file).read_bytes(), file

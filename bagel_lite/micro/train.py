@@ -43,7 +43,7 @@ from ..model.bagel import Bagel
 from ..training.optimization import cosine_lr, cpu_threads, optimizer_step, set_lr
 from ..training.packing import PackedSequence
 from ..training.precision import CpuPath, cpu_path
-from ..training.trainer import StepSettings, Trainer, make_accelerator
+from ..training.trainer import StepSettings, Trainer, find_state, make_accelerator, save_state
 from . import CHECKPOINT
 from .data import QUESTION_WEIGHTS, SMALL, TASKS, MicroSize, SampleMaker, build_tokenizer, image_batch, micro_config
 from .evaluate import autoencoder_quality
@@ -117,24 +117,40 @@ RECIPES = {"quick": QUICK, "long": LONG}
 
 
 class Resumable:
-    """The training state on disk: saved atomically at most every ``every_s`` seconds, read back on start."""
+    """The training state on disk, through accelerate: ``save_state`` writes what is registered with the phase's
+    ``Accelerator`` (the prepared model and optimiser, the trainer's step and EMA, or the autoencoder and its
+    optimiser), its RNG states, and ``progress.pt`` (the phase, the step, the data RNGs, the log) into a folder,
+    atomically (``training.trainer.save_state``), at most every ``every_s`` seconds. ``load`` reads the progress
+    of the last complete state; ``restore`` fills the objects the resumed phase registered."""
 
     def __init__(self, path: Path | None, every_s: float, settings: dict | None = None, write: bool = True):
         self.path, self.every_s, self.last, self.settings = path, every_s, time.time(), settings
         self.write = write  # under torchrun only the main process writes; every process reads
+        self.accelerator = None  # the running phase's (``attach``)
 
     def load(self) -> dict | None:
-        if self.path is None or not self.path.is_file():
+        found = None if self.path is None else find_state(self.path)
+        if found is None:
             return None
-        return torch.load(self.path, weights_only=False)  # our own file: tensors, RNG states, the log
+        return torch.load(found / PROGRESS, weights_only=False)  # our own file: RNG states, the log
+
+    def attach(self, accelerator) -> None:
+        """The phase now running saves (and restores) what is registered with ``accelerator``."""
+        self.accelerator = accelerator
+
+    def restore(self) -> None:
+        self.accelerator.load_state(str(find_state(self.path)))
 
     def maybe_save(self, make_state, force: bool = False) -> None:
         if self.path is None or not self.write or not (force or time.time() - self.last >= self.every_s):
             return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        torch.save({**make_state(), "settings": self.settings}, tmp)
-        tmp.replace(self.path)  # never a half-written state
+        progress = {**make_state(), "settings": self.settings}
+        save_state(self.accelerator, self.path, {"phase": progress["phase"], "step": progress["step"]},
+                   files={PROGRESS: progress})
         self.last = time.time()
+
+
+PROGRESS = "progress.pt"
 
 
 # --- 1. the autoencoder -----------------------------------------------------------------------------------
@@ -151,10 +167,13 @@ def train_autoencoder(ae: AutoEncoder, s: TrainSettings, *, state: dict | None =
     with torch.no_grad():
         ae.encoder.conv_out.bias[z:] = -8.0
     opt = torch.optim.AdamW(ae.parameters(), lr=s.ae_lr, weight_decay=0.0)
+    acc = make_accelerator(cpu=True)
+    acc.register_for_checkpointing(ae, opt)  # saved and restored by accelerate (the loop stays hand-written)
+    if saver is not None:
+        saver.attach(acc)
     first, curve = 0, []
     if state is not None:  # resume
-        ae.load_state_dict(state["ae"])
-        opt.load_state_dict(state["opt"])
+        saver.restore()
         rng.setstate(state["rng"])
         gen.set_state(state["gen"])
         first, curve = state["step"], state["curve"]
@@ -177,8 +196,7 @@ def train_autoencoder(ae: AutoEncoder, s: TrainSettings, *, state: dict | None =
             curve.append([step, round(rec.item(), 5)])
             bar.set_postfix(rec=f"{rec.item():.4f}")
         if saver is not None:
-            saver.maybe_save(lambda step=step: {"phase": "ae", "step": step + 1, "ae": ae.state_dict(),
-                                                "opt": opt.state_dict(), "rng": rng.getstate(),
+            saver.maybe_save(lambda step=step: {"phase": "ae", "step": step + 1, "rng": rng.getstate(),
                                                 "gen": gen.get_state(), "curve": curve, "elapsed": clock()})
     ae.eval()
     return {"ae_rec_loss": curve[-1][1] if curve else None, "ae_curve": curve}
@@ -291,11 +309,12 @@ def train_bagel(model: Bagel, tokenizer, special, table: PosteriorTable, ae_cfg,
     total = s.align_steps + s.steps
     trainer = Trainer(model, acc, StepSettings(lr=s.lr, warmup=s.warmup, floor=0.1, steps=total, betas=(0.9, 0.95),
                                                eps=1e-8, clip=1.0, ema=s.ema, ce_weight=1.0, mse_weight=1.0))
+    acc.register_for_checkpointing(trainer)  # with the prepared model and optimiser: what save_state writes
+    if saver is not None:
+        saver.attach(acc)
     first, history = 0, {"ce": [], "mse": [], "evals": []}
     if state is not None:  # resume exactly where the state was saved
-        model.load_state_dict(state["model"])
-        trainer.opt.load_state_dict(state["opt"])
-        trainer.load_state_dict({"step": state["step"], "ema": [state["ema"][n] for n, _ in model.named_parameters()]})
+        saver.restore()  # model, optimiser, step and EMA
         rng.setstate(state["rng"])
         gen.set_state(state["gen"])
         first, history = state["step"], state["history"]
@@ -316,8 +335,7 @@ def train_bagel(model: Bagel, tokenizer, special, table: PosteriorTable, ae_cfg,
             log(f"step {step + 1}: " + "  ".join(f"{k} {v:.2f}" for k, v in history["evals"][-1].items()
                                                   if k != "step"))
         if saver is not None and acc.is_main_process:
-            saver.maybe_save(lambda step=step: {"phase": phase, "step": step + 1, "model": model.state_dict(),
-                                                "ema": trainer.ema_state_dict(), "opt": trainer.opt.state_dict(),
+            saver.maybe_save(lambda step=step: {"phase": phase, "step": step + 1,
                                                 "rng": rng.getstate(), "gen": gen.get_state(),
                                                 "history": history, "elapsed": clock()},
                              force=step + 1 == total)
@@ -343,7 +361,8 @@ def _quick_eval(ae, tokenizer, special):
 
 
 def default_state_path(out: Path) -> Path:
-    return out.parent / f".{out.name}.train_state.pt"
+    """The resumable state's folder, beside the output folder."""
+    return out.parent / f".{out.name}.train_state"
 
 
 def train(out: Path, s: TrainSettings, log=print, state_path: Path | None = None, bf16: bool | None = None) -> dict:
@@ -481,6 +500,12 @@ class _WithExtra:
 
     def maybe_save(self, make_state, force: bool = False):
         self.saver.maybe_save(lambda: {**make_state(), **self.extra}, force)
+
+    def attach(self, accelerator) -> None:
+        self.saver.attach(accelerator)
+
+    def restore(self) -> None:
+        self.saver.restore()
 
 
 __all__ = ["FinalStage", "LONG", "PosteriorTable", "QUICK", "RECIPES", "TrainSettings", "final_settings",

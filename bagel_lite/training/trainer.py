@@ -193,10 +193,10 @@ class Trainer:
                     pe.copy_(saved)
 
 
-def save_state(accelerator: Accelerator, folder: Path, extra: dict) -> None:
+def save_state(accelerator: Accelerator, folder: Path, extra: dict, files: dict | None = None) -> None:
     """Save everything registered with ``accelerator`` (model, optimiser, RNG, ``register_for_checkpointing``
-    objects) and ``extra`` (JSON) into ``folder``, atomically: written beside it, marked complete, then renamed
-    into place. Every process must call it."""
+    objects), ``files`` (name -> object, ``torch.save``-d) and ``extra`` (JSON) into ``folder``, atomically:
+    written beside it, marked complete, then renamed into place. Every process must call it."""
     folder = Path(folder)
     tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
     if accelerator.is_main_process and tmp.exists():
@@ -205,6 +205,8 @@ def save_state(accelerator: Accelerator, folder: Path, extra: dict) -> None:
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        for name, obj in (files or {}).items():
+            torch.save(obj, tmp / name)
         (tmp / COMPLETE).write_text(json.dumps(extra))
         if folder.exists():
             folder.rename(old)
