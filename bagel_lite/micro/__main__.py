@@ -64,7 +64,7 @@ def main(argv=None):
                         "trains on its share)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--state", type=Path, default=None,
-                   help="resumable state file (default: .<out>.train_state.pt beside the output folder)")
+                   help="resumable state folder (default: .<out>.train_state beside the output folder)")
     t.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     t.add_argument("--threads", type=int, default=None,
                    help="threads of the evaluation after training (training itself always runs on one)")
