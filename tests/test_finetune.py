@@ -52,8 +52,14 @@ def weights(folder: Path) -> dict:
     return load_file(folder / "ema.safetensors")
 
 
-def max_diff(a: dict, b: dict) -> float:
-    return max(float((a[k] - b[k]).abs().max()) for k in a)
+def max_diff(a: dict, b: dict, skip: str | None = None) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a if skip is None or not k.endswith(skip))
+
+
+# The ViT's key bias adds the same number to every score of a query, which softmax ignores: its gradient is zero
+# up to rounding, and Adam (dividing by the gradient's own size) turns that rounding into steps of about lr. Two
+# runs that round differently (FSDP's reduce-scatter against one process) move it differently: measured 3e-6.
+NOISE_ONLY = "k_proj.bias"
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +101,16 @@ def test_two_processes_equal_one_with_the_same_global_batch(data, one_process, t
 
 def test_fsdp_on_two_processes_trains_the_same_and_saves_a_folder_that_loads(data, one_process, tmp_path):
     """FSDP2 (each decoder layer a unit, the EMA kept sharded and gathered at the end) in float32 equals the one
-    process run; with bf16 compute it stays close and its folder loads and draws."""
+    process run, and a sharded run stopped and continued equals one never stopped; with bf16 compute it stays close
+    and its folder loads and draws."""
     torchrun(args(data, tmp_path / "fsdp", "--steps", "3", "--fsdp"))
-    assert max_diff(weights(one_process), weights(tmp_path / "fsdp")) < 1e-6
+    assert max_diff(weights(one_process), weights(tmp_path / "fsdp"), skip=NOISE_ONLY) < 1e-6
+    assert max_diff(weights(one_process), weights(tmp_path / "fsdp")) < 1e-5
+    # stopped after a step (a state: the model and AdamW gathered from their shards, the EMA too), then continued
+    stopped = torchrun(args(data, tmp_path / "resumed", "--steps", "3", "--fsdp", "--stop-after", "1"))
+    assert "stopped after 1 steps" in stopped.stdout and not (tmp_path / "resumed" / "ema.safetensors").exists()
+    torchrun(args(data, tmp_path / "resumed", "--steps", "3", "--fsdp"))
+    assert max_diff(weights(tmp_path / "fsdp"), weights(tmp_path / "resumed")) == 0.0
     torchrun(args(data, tmp_path / "fsdp_bf16", "--steps", "3", "--fsdp", "--bf16", "--checkpointing"))
     one = json.loads((one_process / "train_log.json").read_text())["loss"]
     bf16 = json.loads((tmp_path / "fsdp_bf16" / "train_log.json").read_text())["loss"]
@@ -128,6 +141,7 @@ def test_a_run_killed_at_any_moment_resumes_to_the_same_weights(data, tmp_path):
     assert kills >= 1
     finetune(args(data, out, *steps))
     assert max_diff(weights(tmp_path / "whole"), weights(out)) == 0.0
+    assert not out.with_name("killed.state").exists()  # a finished run leaves no state for the next one to resume
 
 
 def test_a_save_killed_half_way_leaves_nothing_that_load_accepts(tmp_path):
@@ -168,6 +182,9 @@ def test_bad_data_is_refused_naming_the_line_and_the_fix(tmp_path):
         assert "line 1" in str(e.value)
     with pytest.raises(SystemExit, match="weight"):
         finetune(args(Path(f"{data}:0"), tmp_path / "o", "--steps", "1"))
+    # an example over the token budget: found while packing, named by its file and line, with the fix
+    with pytest.raises(SystemExit, match=r"data\.jsonl, line \d+: .* --max-tokens 12.*--image-size"):
+        finetune([*args(data, tmp_path / "o", "--steps", "1"), "--tokens", "10", "--max-tokens", "12"])
     assert not (tmp_path / "o").exists()  # nothing was written
 
 

@@ -60,10 +60,14 @@ class Source:
 
 def parse_data_arg(arg: str) -> tuple[Path, float]:
     """``file.jsonl`` or ``file.jsonl:WEIGHT`` -> (path, weight)."""
-    path, _, weight = arg.rpartition(":") if arg.rpartition(":")[2].replace(".", "", 1).isdigit() else (arg, "", "1")
-    if float(weight) <= 0:
+    path, _, weight = arg.rpartition(":")
+    try:
+        weight = float(weight)
+    except ValueError:  # no ":WEIGHT" at the end: the whole argument is the file
+        path, weight = arg, 1.0
+    if weight <= 0:
         raise DataError(f"{arg}: a data weight must be positive (file.jsonl:2 draws it twice as often as :1)")
-    return Path(path), float(weight)
+    return Path(path), weight
 
 
 def read_jsonl(path: Path, weight: float = 1.0) -> Source:
@@ -96,7 +100,7 @@ def read_jsonl(path: Path, weight: float = 1.0) -> Source:
                     raise DataError(f"{where}: image {ex[f]!r} not found (looked for {image}); paths are relative "
                                     "to the JSONL file")
                 ex = {**ex, f: image}
-        examples.append(ex)
+        examples.append({**ex, "line": number})
     if not examples:
         raise DataError(f"{path} holds no examples")
     return Source(path, weight, examples)
@@ -147,26 +151,29 @@ def sample_length(items: list, cfg: BagelConfig, special) -> int:
 
 
 def micro_batch(sources: list[Source], reader: ExampleReader, cfg: BagelConfig, special, *, seed: int, step: int,
-                index: int, expected_tokens: int, max_tokens: int) -> PackedSequence:
+                index: int, expected_tokens: int, max_tokens: int) -> tuple[PackedSequence, torch.Generator]:
     """Micro-batch ``index`` of optimiser step ``step``: examples drawn by the sources' weights until the packed
     sequence holds ``expected_tokens``, never over ``max_tokens``. It depends only on (seed, step, index), so
-    each process builds only its own micro-batches and a resumed run builds the same ones again."""
+    each process builds only its own micro-batches and a resumed run builds the same ones again. Returns the
+    sequence and the generator of its flow times and noise (``seq.batch(shift, generator)``)."""
     rng = random.Random(f"{seed}-{step}-{index}")
-    gen = torch.Generator().manual_seed(rng.randrange(2**62))
+    gen = torch.Generator().manual_seed(rng.randrange(2**62))  # the VAE's posterior samples
+    noise = torch.Generator().manual_seed(rng.randrange(2**62))  # the flow's times and noise (PackedSequence.batch)
     seq = PackedSequence(special)
     for _ in range(10_000):
         source = rng.choices(sources, weights=[s.weight for s in sources])[0]
-        items = reader.items(rng.choice(source.examples), gen)
+        example = rng.choice(source.examples)
+        items = reader.items(example, gen)
         n = sample_length(items, cfg, special)
         if n > max_tokens:
-            raise DataError(f"an example of {source.path} takes {n} tokens, more than max_tokens={max_tokens}: raise "
-                            "the budget or use smaller images")
+            raise DataError(f"{source.path}, line {example['line']}: this example takes {n} tokens, more than "
+                            f"--max-tokens {max_tokens}: raise the budget, or resize the images (--image-size)")
         if seq.length + n > max_tokens:
             break
         seq.add_sample(items, cfg, rng)
         if seq.length >= expected_tokens:
             break
-    return seq
+    return seq, noise
 
 
 def write_demo_data(folder: str | Path, lines: int = 20) -> Path:

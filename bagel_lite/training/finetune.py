@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
-import sys
-import time
+import shutil
 from pathlib import Path
 
 import torch
@@ -35,7 +33,7 @@ from .data import DataError, Dropout, ExampleReader, micro_batch, parse_data_arg
 from .planner import check_fits_for_finetune
 from .trainer import StepSettings, Trainer, load_state, make_accelerator, save_state, shard
 
-GENERATION_PARTS = ("_moe_gen", "time_embedder", "vae2llm", "llm2vae", "latent_pos_embed")
+GENERATION_PARTS = ("_moe_gen", "time_embedder", "vae2llm", "llm2vae")  # what --train generation trains
 
 
 def choose_trainable(model, part: str, freeze_vit: bool = False) -> int:
@@ -75,26 +73,29 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=100, help="steps between resumable states (0: never)")
+    ap.add_argument("--stop-after", type=int, default=0,
+                    help="save a resumable state and stop after this many steps (the same command continues)")
     ap.add_argument("--state", type=Path, default=None, help="resumable state folder (default: OUT.state)")
     ap.add_argument("--tracker", default=None, help="also log to this accelerate tracker, e.g. tensorboard")
-    ap.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU, for the memory planner")
+    ap.add_argument("--gpu-memory-gib", dest="gpu_memory", type=float, default=80.0,
+                    help="GiB per GPU, for the memory planner")
     ap.add_argument("--no-plan", action="store_true", help="skip the memory planner's check")
     return ap
 
 
-def settings_of(args) -> dict:
-    """What a resumable state must have been made with (a different setting cannot continue it)."""
+def settings_of(args, processes: int) -> dict:
+    """What a resumable state must have been made with (a different setting cannot continue it). Paths count by
+    where they point, so a resume from another folder, or with absolute paths, is the same run."""
     keys = ("model", "data", "steps", "lr", "warmup", "ema", "tokens", "max_tokens", "accumulate", "train",
             "freeze_vit", "timestep_shift", "image_size", "bf16", "fsdp", "seed")
-    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k in keys}
+    chosen = {k: v for k, v in vars(args).items() if k in keys}
+    chosen["model"] = str(Path(args.model).resolve())
+    chosen["data"] = [str(Path(d).resolve()) if ":" not in Path(d).name else d for d in args.data]
+    return {**chosen, "processes": processes}  # the global batch depends on how many there are
 
 
-def plan(args, log) -> None:
-    """The memory planner, before any weight is read: print the plan, refuse one that does not fit."""
-    check_fits_for_finetune(read_config(args.model), args, log)
-
-
-def main(argv=None) -> Path:
+def main(argv=None) -> Path | None:
+    """Run the command; returns the output folder (None when ``--stop-after`` stopped it early)."""
     args = build_parser().parse_args(argv)
     if args.tokens > args.max_tokens:
         raise SystemExit(f"--tokens {args.tokens} is over --max-tokens {args.max_tokens}: raise --max-tokens")
@@ -102,42 +103,65 @@ def main(argv=None) -> Path:
         sources = [read_jsonl(*parse_data_arg(d)) for d in args.data]
     except DataError as e:
         raise SystemExit(f"data: {e}") from None
-    acc = make_accelerator(cpu=args.cpu or not torch.cuda.is_available(), bf16=args.bf16 and not args.fsdp,
-                           accumulate=args.accumulate, log_dir=args.out / "logs", tracker=args.tracker)
+    args.cpu = args.cpu or not torch.cuda.is_available()
+    acc = make_accelerator(cpu=args.cpu, bf16=args.bf16 and not args.fsdp, accumulate=args.accumulate,
+                           log_dir=args.out / "logs", tracker=args.tracker)
 
     def log(*a):
         if acc.is_main_process:
             print(*a, flush=True)
 
-    if not args.no_plan:
-        plan(args, log)
+    if not args.no_plan:  # before any weight is read: print the plan, refuse one that does not fit a GPU
+        if args.cpu:
+            log("memory plan (what one GPU would hold; this run is on the CPU, so it only informs):")
+        check_fits_for_finetune(read_config(args.model), args, log)
+    if args.warmup >= args.steps:
+        log(f"note: --warmup {args.warmup} is not shorter than --steps {args.steps}: the learning rate never "
+            f"reaches --lr {args.lr}")
     loaded = load_bagel(args.model, device=acc.device)
     trainer = prepare(loaded.model, acc, args, log)
     history = resume(acc, trainer, args, log)
+    try:
+        done = train_steps(acc, trainer, loaded, args, sources=sources, history=history, log=log)
+    except DataError as e:  # found while packing: stop every process with the reason, not a traceback
+        raise SystemExit(f"data: {e}") from None
+    if not done:
+        acc.end_training()
+        return None
+    write_result(acc, trainer, loaded, args, {"settings": settings_of(args, acc.num_processes), "loss": history,
+                                              "processes": acc.num_processes})
+    log(f"wrote {args.out}")
+    return args.out
+
+
+def train_steps(acc, trainer: Trainer, loaded, args, *, sources, history: dict, log) -> bool:
+    """The steps from ``trainer.step`` on; a resumable state every ``--save-every`` steps. False when
+    ``--stop-after`` stopped it (after saving a state), True when the last step is done."""
     patch = loaded.config.vae.downsample * loaded.config.latent_patch_size
     vae_sides, vit_sides = ((args.image_size, args.image_size),) * 2 if args.image_size else ((1024, 512), (980, 224))
     reader = ExampleReader(loaded.tokenizer, loaded.ae, ImageTransform(*vae_sides, patch),
                            ImageTransform(*vit_sides, loaded.config.vit.patch_size), Dropout())
-    start = time.time()
-    for step in range(trainer.step, args.steps):
+    first, settings = trainer.step, settings_of(args, acc.num_processes)
+    for step in range(first, args.steps):
         batches = []
-        for a in range(args.accumulate):
-            index = acc.process_index * args.accumulate + a  # micro-batch k of the global batch
-            seq = micro_batch(sources, reader, loaded.config, loaded.special, seed=args.seed, step=step, index=index,
-                              expected_tokens=args.tokens, max_tokens=args.max_tokens)
-            noise = torch.Generator().manual_seed(random.Random(f"{args.seed}-{step}-{index}-noise").randrange(2**62))
+        for a in range(args.accumulate):  # this process's micro-batches k of the global batch
+            seq, noise = micro_batch(sources, reader, loaded.config, loaded.special, seed=args.seed, step=step,
+                                     index=acc.process_index * args.accumulate + a, expected_tokens=args.tokens,
+                                     max_tokens=args.max_tokens)
             batches.append(seq.batch(args.timestep_shift, noise))
         out = trainer.train_step(batches)
         history["ce"].append(round(out["ce"], 5))
         history["mse"].append(round(out["mse"], 5))
         acc.log({"ce": out["ce"], "mse": out["mse"], "lr": trainer.opt.param_groups[0]["lr"]}, step=step)
         log(f"step {step + 1}/{args.steps}: ce {out['ce']:.4f}  mse {out['mse']:.4f}")
-        if not args.fsdp and args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
-            save_state(acc, state_dir(args), {"settings": settings_of(args), "history": history})
-    write_result(acc, trainer, loaded, args, {"settings": settings_of(args), "loss": history,
-                                              "processes": acc.num_processes, "seconds": round(time.time() - start, 1)})
-    log(f"wrote {args.out}")
-    return args.out
+        last = step + 1 == args.steps
+        stop = args.stop_after and step + 1 - first == args.stop_after and not last
+        if (args.save_every and (step + 1) % args.save_every == 0 and not last) or stop:
+            save_state(acc, state_dir(args), {"settings": settings, "history": history}, trainer=trainer)
+        if stop:
+            log(f"stopped after {args.stop_after} steps; the same command continues from step {step + 2}")
+            return False
+    return True
 
 
 def prepare(model, acc, args, log) -> Trainer:
@@ -150,10 +174,12 @@ def prepare(model, acc, args, log) -> Trainer:
     trainer = Trainer(model, acc, s, sharded=args.fsdp)
     acc.register_for_checkpointing(trainer)
     if args.tracker:
-        acc.init_trackers("finetune", config={k: str(v) for k, v in settings_of(args).items()})
+        acc.init_trackers("finetune", config={k: str(v) for k, v in settings_of(args, acc.num_processes).items()})
     mode = "one process" if acc.num_processes == 1 else acc.distributed_type.value.lower().replace("_", " ")
+    precision = ("bf16 compute, float32 weights and reduction (FSDP mixed precision)" if args.fsdp else
+                 "bf16 autocast over float32 weights") if args.bf16 else "float32"
     log(f"{acc.num_processes} process(es) on {acc.device} ({mode}): {trained:,} parameters "
-        f"train ({args.train}), {'bf16' if args.bf16 else 'float32'}{', FSDP' if args.fsdp else ''}"
+        f"train ({args.train}), {precision}{', FSDP' if args.fsdp else ''}"
         f"{', checkpointing' if args.checkpointing else ''}; global batch = {acc.num_processes} x {args.accumulate} "
         f"micro-batches of ~{args.tokens} tokens")
     return trainer
@@ -166,13 +192,10 @@ def state_dir(args) -> Path:
 def resume(acc, trainer: Trainer, args, log) -> dict:
     """The loss history so far: empty, or that of the complete state found (model, optimiser, RNG, step and EMA
     are restored into the registered objects)."""
-    if args.fsdp:
-        log("note: under --fsdp no resumable state is written yet (only the final folder)")
-        return {"ce": [], "mse": []}
-    extra = load_state(acc, state_dir(args))
+    extra = load_state(acc, state_dir(args), trainer=trainer)
     if extra is None:
         return {"ce": [], "mse": []}
-    settings = settings_of(args)
+    settings = settings_of(args, acc.num_processes)
     if extra["settings"] != settings:
         changed = sorted(k for k in settings if extra["settings"].get(k) != settings[k])
         raise SystemExit(f"the state {state_dir(args)} was made with other settings ({', '.join(changed)}): run "
@@ -192,9 +215,13 @@ def write_result(acc, trainer: Trainer, loaded, args, log_json: dict) -> None:
         final.load_state_dict(ema, strict=True)
         save_bagel(args.out, final, loaded.ae.float().cpu(), loaded.tokenizer)
         (args.out / "train_log.json").write_text(json.dumps(log_json))
+        states = state_dir(args)
+        for stale in (states, states.with_name(states.name + ".tmp"), states.with_name(states.name + ".old")):
+            if stale.exists():  # the run is finished: a later run into the same folder starts afresh
+                shutil.rmtree(stale)
     acc.wait_for_everyone()
     acc.end_training()
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    main()

@@ -24,9 +24,10 @@ official trainer wraps each ``Qwen2MoTDecoderLayer``. With ``bf16`` the layers c
 gradients in float32 (``MixedPrecisionPolicy``); the float32 master weights and AdamW's states stay sharded.
 
 **Saving** (``save_state`` / ``load_state``): accelerate writes the model, the optimiser, its RNG states and the
-objects registered with it into a fresh folder, then a marker file; only then does the folder take the place of
-the previous state (a rename). A run killed at any moment leaves either the previous complete state or the new
-one, never a half-written one that ``load_state`` would take.
+objects registered with it into a fresh folder (under FSDP every process writes its own shards of the model, the
+optimiser and the EMA with ``torch.distributed.checkpoint``), then a marker file; only then does the folder take
+the place of the previous state (a rename). A run killed at any moment leaves either the previous complete state
+or the new one, never a half-written one that ``load_state`` would take.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ COMPLETE = "complete.json"  # written last into a state folder: without it the f
 
 @dataclass
 class StepSettings:
-    """The optimiser and the step (the official fine-tuning defaults are lr 2e-5, EMA 0.9999)."""
+    """The optimiser and the step. (The fine-tuning command passes the official fine-tuning lr 2e-5 and EMA
+    0.9999; the EMA's decay warms up as ``ema.ema_decay`` says.)"""
 
     lr: float = 1e-4
     warmup: int = 200
@@ -103,11 +105,11 @@ class Trainer:
         if not params:
             raise ValueError("nothing to train: every parameter of the model is frozen")
         opt = torch.optim.AdamW(params, lr=s.lr, betas=s.betas, eps=s.eps, weight_decay=s.weight_decay)
-        if sharded:
-            self.model, self.opt = model, accelerator.prepare(opt)
+        if sharded:  # FSDP2 already placed every shard; the optimiser's state is sharded like its parameters
+            self.model, self.opt = model, opt
         else:
             self.model, self.opt = accelerator.prepare(model, opt)
-        self.params = params
+        self.params, self.sharded = params, sharded
         self.ema = None if s.ema is None else [p.detach().clone() for p in self.bare.parameters()]
 
     @property
@@ -141,10 +143,11 @@ class Trainer:
                 w_ce = 1.0 if single else scale * batch.num_ce_tokens / max(n_ce, 1.0)
                 w_mse = 1.0 if single else scale * batch.num_mse_tokens / max(n_mse, 1.0)
                 acc.backward(self.s.ce_weight * out["ce"] * w_ce + self.s.mse_weight * out["mse"] * w_mse)
-                if acc.sync_gradients and self.s.clip:
-                    acc.clip_grad_norm_(self.params, self.s.clip)
-                self.opt.step()
-                self.opt.zero_grad()
+                if acc.sync_gradients:  # the last micro-batch of the step
+                    if self.s.clip:
+                        acc.clip_grad_norm_(self.params, self.s.clip)
+                    self.opt.step()
+                    self.opt.zero_grad()
             sums += torch.tensor([out["ce"].item() * batch.num_ce_tokens, out["mse"].item() * batch.num_mse_tokens],
                                  dtype=torch.float64)
             last = out
@@ -164,12 +167,15 @@ class Trainer:
 
     def ema_state_dict(self) -> dict[str, torch.Tensor]:
         """The EMA as a full (gathered) state dict of the bare model's parameters, on the CPU. Every process
-        must call it under FSDP (the gather is collective)."""
-        names = [n for n, _ in self.bare.named_parameters()]
+        must call it under FSDP (the gather is collective); there only the main process gets the tensors (the
+        others an empty dict), so that no other process ever holds a whole copy."""
         source = self.ema if self.ema is not None else [p.detach() for p in self.bare.parameters()]
+        keep = not self.sharded or self.accelerator.is_main_process  # sharded: only the main process keeps them
         full = {}
-        for name, t in zip(names, source, strict=True):
-            full[name] = (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().to("cpu", copy=True)
+        for name, t in zip(self._names(), source, strict=True):
+            whole = t.full_tensor() if hasattr(t, "full_tensor") else t  # one tensor gathered at a time
+            if keep:
+                full[name] = whole.detach().to("cpu", copy=True)
         return full
 
     def ema_model(self) -> Bagel:
@@ -183,26 +189,63 @@ class Trainer:
         return model.eval()
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "ema": self.ema}
+        """What accelerate pickles of the trainer (from the main process): the step, and the EMA unless it is
+        sharded. A sharded run's model, optimiser state and EMA are written shard by shard (``save_shards``)."""
+        return {"step": self.step, "ema": None if self.ema is None or self.sharded else self.ema_state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
-        if self.ema is not None:
+        if state["ema"] is not None:
             with torch.no_grad():
-                for pe, saved in zip(self.ema, state["ema"], strict=True):
-                    pe.copy_(saved)
+                for name, pe in zip(self._names(), self.ema, strict=True):
+                    pe.copy_(state["ema"][name])
+
+    def _names(self) -> list[str]:
+        return [n for n, _ in self.bare.named_parameters()]
+
+    def _sharded_state(self) -> dict:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model, optim = get_state_dict(self.model, self.opt)  # DTensors: each process's own shards
+        return {"model": model, "optim": optim, "ema": dict(zip(self._names(), self.ema or [], strict=False))}
+
+    def save_shards(self, folder: Path) -> None:
+        """Under FSDP every process writes its own shards of the model, AdamW's moments and the EMA
+        (``torch.distributed.checkpoint``): no process ever holds a whole copy, as none does while training."""
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(self._sharded_state(), checkpoint_id=str(folder))
+
+    def load_shards(self, folder: Path) -> None:
+        """Read ``save_shards``'s files back, each process its own shards, in place."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = self._sharded_state()  # the tensors to fill (the optimiser's states are created first)
+        dcp.load(state, checkpoint_id=str(folder))
+        set_state_dict(self.model, self.opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 
-def save_state(accelerator: Accelerator, folder: Path, extra: dict, files: dict | None = None) -> None:
+SHARDS = "shards"  # the folder of a sharded run's model, optimiser and EMA inside a state
+
+
+def save_state(accelerator: Accelerator, folder: Path, extra: dict, files: dict | None = None,
+               trainer: Trainer | None = None) -> None:
     """Save everything registered with ``accelerator`` (model, optimiser, RNG, ``register_for_checkpointing``
-    objects), ``files`` (name -> object, ``torch.save``-d) and ``extra`` (JSON) into ``folder``, atomically:
-    written beside it, marked complete, then renamed into place. Every process must call it."""
+    objects), a sharded ``trainer``'s shards, ``files`` (name -> object, ``torch.save``-d) and ``extra`` (JSON) into
+    ``folder``, atomically: written beside it, marked complete, then renamed into place. Every process must call
+    it."""
     folder = Path(folder)
     tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)  # what a killed save left behind
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)  # what a killed save left behind
+        if old.exists() and (folder / COMPLETE).is_file():
+            shutil.rmtree(old)  # a save killed after its last rename left the state before it
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    if trainer is not None and trainer.sharded:
+        trainer.save_shards(tmp / SHARDS)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         for name, obj in (files or {}).items():
@@ -225,11 +268,13 @@ def find_state(folder: Path) -> Path | None:
     return None
 
 
-def load_state(accelerator: Accelerator, folder: Path) -> dict | None:
-    """Restore what ``save_state`` wrote (into the registered objects); returns its ``extra``, or None when there
-    is no complete state."""
+def load_state(accelerator: Accelerator, folder: Path, trainer: Trainer | None = None) -> dict | None:
+    """Restore what ``save_state`` wrote (into the registered objects and a sharded ``trainer``); returns its
+    ``extra``, or None when there is no complete state."""
     found = find_state(folder)
     if found is None:
         return None
     accelerator.load_state(str(found))
+    if trainer is not None and trainer.sharded:
+        trainer.load_shards(found / SHARDS)
     return json.loads((found / COMPLETE).read_text())
