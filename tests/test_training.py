@@ -210,3 +210,23 @@ def test_forward_equals_the_official_training_forward():
     assert abs(out["ce"].item() - want["reduced"]["ce"]) < 1e-5
     assert abs(out["mse"].item() - want["reduced"]["mse"]) < 1e-5
     assert abs(out["loss"].item() - want["reduced"]["total"]) < 1e-5
+
+
+def test_a_dense_model_sends_every_token_through_one_expert(tmp_path):
+    """``BagelConfig(mot=False)``: the baseline of workbook 05. The generation expert gets no gradient, and the
+    setting survives saving and loading (``bagel_config.json``)."""
+    from dataclasses import replace
+
+    from bagel_lite.loading.checkpoint import load_bagel, save_bagel
+
+    mot = tiny_model()
+    torch.manual_seed(0)
+    dense = build(replace(config.tiny(), mot=False))[0]
+    dense.load_state_dict(mot.state_dict())
+    batch = mixed_batch(mot)
+    g_mot, g_dense = grads_of(mot, mot(batch)), grads_of(dense, dense(batch))
+    assert any("_moe_gen" in n for n in g_mot) and not any("_moe_gen" in n for n in g_dense)
+    assert not torch.equal(mot(batch)["mse"], dense(batch)["mse"])
+    golden = load_bagel(__import__("pathlib").Path(__file__).parent / "golden" / "tiny_ckpt")
+    save_bagel(tmp_path / "dense", dense, golden.ae, golden.tokenizer)
+    assert load_bagel(tmp_path / "dense").config.mot is False

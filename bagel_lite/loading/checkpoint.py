@@ -42,7 +42,7 @@ from ..model.config import (
 from .tokenizer import SpecialTokens, load_tokenizer
 
 BAGEL_EXTRA_FIELDS = ("latent_patch_size", "max_latent_size", "vit_max_num_patch_per_side", "connector_act",
-                      "interpolate_pos")
+                      "interpolate_pos", "mot")
 REQUIRED_FILES = ("llm_config.json", "vit_config.json", "ema.safetensors", "ae.safetensors")
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 

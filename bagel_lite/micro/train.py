@@ -107,6 +107,7 @@ class TrainSettings:
     encode_block: int = 256
     scale_scenes: int = 0  # scenes whose latents measure scale and shift (0: all 1,621; tests take a few)
     ae_eval_scenes: int = 200  # held-out scenes that measure the autoencoder's quality (PSNR, attributes)
+    mot: bool = True  # False: a dense model (one expert for every token), the baseline of workbook 05
 
 
 QUICK = TrainSettings(size=SMALL, shipped_autoencoder=True, ae_steps=0, align_steps=1000, steps=2000, lr=1.5e-3,
@@ -396,7 +397,7 @@ def _train(out: Path, s: TrainSettings, log, state_path: Path | None, path: CpuP
         return done_before + time.time() - t0
 
     tokenizer, special = build_tokenizer()
-    cfg = micro_config(vocab_size=((len(tokenizer) + 7) // 8) * 8, size=s.size)
+    cfg = replace(micro_config(vocab_size=((len(tokenizer) + 7) // 8) * 8, size=s.size), mot=s.mot)
     with torch.random.fork_rng():  # the initial weights come from the seed, without touching the global RNG
         torch.manual_seed(s.seed)
         model, ae = Bagel(cfg), AutoEncoder(cfg.vae)

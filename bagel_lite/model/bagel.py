@@ -85,6 +85,8 @@ class Bagel(nn.Module):
         Returns hidden states (B, L, D) after each token's expert's final norm, and per-layer K/V.
         """
         llm = self.config.llm
+        if not self.config.mot:  # a dense model: every token through the understanding expert
+            gen_mask = None
         cos, sin = rope_cos_sin(position_ids, llm.head_dim, llm.rope_theta, x.dtype)  # (B, L, head_dim)
         return self.language_model.model(x, gen_mask, cos, sin, allowed, past=past)
 

@@ -169,11 +169,16 @@ class BagelConfig:
     vit_max_num_patch_per_side: int = 70  # ViT patches per side of the ViT position tables (70 -> 980 px)
     connector_act: str = "gelu_pytorch_tanh"
     interpolate_pos: bool = False  # position ids: extrapolate (released) or interpolate
+    # True: latent tokens go through the generation expert (MoT, BAGEL). False: a *dense* model, every token
+    # through the understanding expert (the generation expert's weights exist but are never used) -- the
+    # baseline that workbook 05 measures MoT against.
+    mot: bool = True
 
     def __post_init__(self):
         _positive_ints(self, ("latent_patch_size", "max_latent_size", "vit_max_num_patch_per_side"))
         check_choice("connector_act", self.connector_act, SUPPORTED_CONNECTOR_ACT)
         check_bool("interpolate_pos", self.interpolate_pos)
+        check_bool("mot", self.mot)
 
     @property
     def latent_channels(self) -> int:
