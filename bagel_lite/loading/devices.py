@@ -38,15 +38,30 @@ class MemoryEstimate:
                 f"activations {self.activations / GiB:.1f})")
 
 
+QUANTIZED_BYTES = {"nf4": 0.5 + 4 / 64, "int8": 1.0}  # per weight of a quantized Linear: 4 bits + an fp32 scale per
+# block of 64 (no double quantization, as the official app), or 8 bits (its per-row scales are negligible)
+UNQUANTIZED_DTYPE = {"nf4": torch.bfloat16, "int8": torch.float32}  # everything else, as the official app's modes
+
+
 def estimate_memory(cfg: BagelConfig, dtype: torch.dtype = torch.bfloat16, image_side: int = 1024,
-                    context_tokens: int | None = None, cfg_branches: int = 3) -> MemoryEstimate:
+                    context_tokens: int | None = None, cfg_branches: int = 3,
+                    quantize: str | None = None) -> MemoryEstimate:
     """Rough GPU memory of one generation: weights + cached contexts + the activations of one CFG step.
 
     The default context is an editing request at ``image_side``: a VAE and a ViT block plus 100 text tokens.
+    ``cfg_branches``: 3 for an edit (with text and image guidance), 2 for text-to-image. ``quantize`` ("nf4",
+    "int8"): the weights of every Linear but ``lm_head`` in 4 / 8 bits, as ``load(quantize=...)`` loads them.
     """
     model, _ = build(cfg, device="meta")
     size = torch.finfo(dtype).bits // 8
     weights = sum(p.numel() for p in model.parameters()) * size
+    if quantize is not None:
+        if quantize not in QUANTIZED_BYTES:
+            raise ValueError(f"quantize={quantize!r} is unknown; use one of {sorted(QUANTIZED_BYTES)}, or None")
+        linear = sum(m.weight.numel() for name, m in model.named_modules()
+                     if isinstance(m, torch.nn.Linear) and not name.endswith("lm_head"))
+        rest = sum(p.numel() for p in model.parameters()) - linear
+        weights = int(linear * QUANTIZED_BYTES[quantize] + rest * (torch.finfo(UNQUANTIZED_DTYPE[quantize]).bits // 8))
     llm = cfg.llm
     latent_tokens = (image_side // cfg.latent_downsample) ** 2
     vit_tokens = (min(image_side, cfg.vit_max_num_patch_per_side * cfg.vit.patch_size) // cfg.vit.patch_size) ** 2

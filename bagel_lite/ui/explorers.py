@@ -43,10 +43,13 @@ def record_trajectory() -> tuple[Trajectory, callable]:
 class SamplerExplorer:
     """Text-to-image with every sampler knob as a widget, and the trajectory drawn after each run."""
 
-    def __init__(self, pipe: Pipeline, prompt: str = "a red circle on the left", frames: int = 6):
+    def __init__(self, pipe: Pipeline, prompt: str = "a red circle on the left", frames: int = 6,
+                 image_shape: tuple[int, int] | None = None):
+        """``image_shape`` (height, width): the picture's size (default: the pipeline's; BAGEL-7B-MoT: 1024²)."""
         import ipywidgets as w
 
         self.pipe, self.frames = pipe, frames
+        self.image_shape = pipe.engine.image_shape(image_shape)
         style = {"description_width": "150px"}
         layout = w.Layout(width="380px")
         self.prompt = w.Text(value=prompt, description="prompt", style=style, layout=w.Layout(width="500px"))
@@ -72,7 +75,7 @@ class SamplerExplorer:
         """Generate with the current widget values; returns the result and keeps the trajectory."""
         traj, callback = record_trajectory()
         self.last = self.pipe.generate(self.prompt.value, seed=self.seed.value, callback=callback, progress=False,
-                                       **self.sampler.values())
+                                       image_shape=self.image_shape, **self.sampler.values())
         self.trajectory = traj
         return self.last
 
@@ -80,7 +83,7 @@ class SamplerExplorer:
         """The final image and the decoded clean-image estimates along the trajectory."""
         from ..workbook.viz import show_images
 
-        traj, shape = self.trajectory, self.pipe.engine.image_shape()
+        traj, shape = self.trajectory, self.image_shape
         picks = sorted({round(i * (len(traj.ts) - 1) / max(self.frames - 1, 1)) for i in range(self.frames)})
         with torch.no_grad():
             frames = [self.pipe.engine.decode_latents(traj.estimates[i], shape)[0] for i in picks]
