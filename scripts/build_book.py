@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import copy
 import html
 import os
 import re
@@ -55,13 +56,47 @@ def page_name(path: Path, root: Path = ROOT) -> str:
     return path.relative_to(root / "notebooks").with_suffix(".html").as_posix()
 
 
+# What a page would otherwise fetch from the network: MathJax (no notebook writes LaTeX: formulas are code), mermaid
+# (no notebook draws one), require.js and the widget renderer from unpkg (a static page has no kernel for widgets).
+OFFLINE = dict(mathjax_url="", mermaid_js_url="", mermaid_layout_elk_js_url="", require_js_url="",
+               widget_renderer_url="", jupyter_widgets_base_url="")
+WIDGET_NOTE = ('<p class="book-widget-note"><i>(An interactive widget: it runs in JupyterLab, with a kernel — '
+               "open the notebook there.)</i></p>")
+
+
+def without_widgets(nb):
+    """A copy of ``nb`` whose widget outputs say where they run instead (a static page has no kernel; dropping the
+    widget state also drops the renderer a page would fetch from unpkg)."""
+    nb = copy.deepcopy(nb)
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if "application/vnd.jupyter.widget-view+json" in data:
+                data.pop("application/vnd.jupyter.widget-view+json")
+                data["text/html"] = WIDGET_NOTE
+    return nb
+
+
 def to_html(nb, nav: str) -> str:
-    """One self-contained page (inline CSS, figures as data URIs), links to other notebooks made .html links."""
+    """One self-contained page (inline CSS, figures as data URIs), links to other notebooks made .html links. It
+    loads nothing from the network (a classroom may have none): see ``OFFLINE`` and ``external_urls``."""
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    body, _ = HTMLExporter(template_name="lab", **OFFLINE).from_notebook_node(without_widgets(nb))
+    body = re.sub(r'<script[^>]*src=""[^>]*>\s*</script>', "", body)  # the emptied script tags
     body = re.sub(r'href="([^"]+?)\.ipynb"', r'href="\1.html"', body)
     return re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + NAV_STYLE + nav, body, count=1)
+
+
+def external_urls(html: str) -> list[str]:
+    """Everything a page would load from another machine: script / link / img / iframe sources and CSS or JS
+    imports that start with http(s) or //. (Hyperlinks a reader clicks are not loads.)"""
+    loads = re.findall(r'<(?:script|img|iframe|source|embed)[^>]*\ssrc="((?:https?:)?//[^"]+)"', html)
+    loads += re.findall(r'<link[^>]*\shref="((?:https?:)?//[^"]+)"', html)
+    loads += re.findall(r'@import\s+(?:url\()?["\']?((?:https?:)?//[^"\')]+)', html)
+    loads += re.findall(r'import\(\s*["\']((?:https?:)?//[^"\']+)', html)
+    return loads
 
 
 def nav_bar(pages: list[str], k: int, prefix: str) -> str:

@@ -9,12 +9,16 @@ heading starts a slide, every other cell is a sub-slide below it (arrow down), a
 metadata. Keys in the browser: arrows to move, ``Esc`` for the overview, ``s`` for speaker notes, ``f`` full screen.
 
 reveal.js 4.0.2 (the version nbconvert's template is written for), require.js and jQuery are taken from the npm
-registry once with ``npm pack`` into ``build/slides/vendor/``; after that no network is needed. Without npm, copy
-those three packages there by hand (the script says which files it looks for).
+registry once with ``npm pack`` into ``build/slides/vendor/``: the **first** run needs npm and the network; after
+that none is needed. Without npm, copy those three packages there by hand (the script says which files it looks
+for). The slides load nothing else from outside: reveal's "white" theme (its fonts ship with reveal.js; the
+default "simple" theme imports Google fonts), no MathJax (no notebook writes LaTeX), no mermaid, and widgets are
+shown as a note (they need a kernel). Each slide file is checked for outside loads before it is written.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +28,7 @@ import time
 from pathlib import Path
 
 import nbformat
-from build_book import execute  # the one way the scripts execute a notebook
+from build_book import OFFLINE, execute, external_urls, without_widgets  # the book's rules for offline pages
 from nbconvert import SlidesExporter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,14 +61,18 @@ def main(prefixes: list[str]) -> None:
     notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
     if prefixes:
         notebooks = [nb for nb in notebooks if any(nb.name.startswith(p) for p in prefixes)]
-    exporter = SlidesExporter(reveal_url_prefix="vendor/reveal.js", reveal_scroll=True,
-                              require_js_url="vendor/requirejs/require.js",
-                              jquery_url="vendor/jquery/dist/jquery.min.js", mathjax_url="")
+    exporter = SlidesExporter(reveal_url_prefix="vendor/reveal.js", reveal_scroll=True, reveal_theme="white",
+                              **{**OFFLINE, "require_js_url": "vendor/requirejs/require.js"},
+                              jquery_url="vendor/jquery/dist/jquery.min.js")
     links = []
     for path in notebooks:
         start = time.time()
         nb = execute(nbformat.read(path, as_version=4), path)
-        html, _ = exporter.from_notebook_node(nb)
+        html, _ = exporter.from_notebook_node(without_widgets(nb))
+        html = re.sub(r'<script[^>]*src=""[^>]*>\s*</script>', "", html)  # the emptied script tags
+        outside = external_urls(html)
+        if outside:
+            sys.exit(f"{path.name}: its slides would load {outside[:3]} from the network; a classroom may have none")
         target = OUT / f"{path.stem}.slides.html"
         target.write_text(html, encoding="utf-8")
         links.append(f'<li><a href="{target.name}">{path.stem}</a></li>')
