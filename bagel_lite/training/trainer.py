@@ -59,7 +59,7 @@ class StepSettings:
     floor: float = 0.1  # the cosine ends at floor * lr
     steps: int = 1000
     betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
+    eps: float = 1e-15  # the official trainer's AdamW epsilon
     weight_decay: float = 0.0
     clip: float = 1.0  # gradient norm clipping
     ema: float | None = 0.9999  # None: no EMA
