@@ -336,3 +336,24 @@ def test_the_long_recipe_never_writes_over_the_shipped_checkpoint_unless_told(ca
     with pytest.raises(SystemExit):
         micro_main(["train"])
     assert "--out" in capsys.readouterr().err
+
+
+def test_a_watched_run_logs_pictures_and_answers_at_each_look(tmp_path):
+    """``watch_every``: the log holds, at every look, what the EMA model draws for fixed held-out prompts (PNG)
+    and answers to fixed held-out questions -- the same scenes every time, never training ones."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from bagel_lite.micro.train import watch_scenes
+
+    stats = train(tmp_path / "w", tiny_settings(watch_every=2), log=lambda *_: None, bf16=False)
+    steps = [w["step"] for w in stats["watch"]]
+    assert steps == [2, 4, 7]  # stage 2 (5 steps) at its steps 2 and 4; stage 3 (2 steps) at its step 2, i.e. 5 + 2
+    for look in stats["watch"]:
+        assert len(look["pictures"]) == 4 and len(look["answers"]) == 4
+        assert Image.open(io.BytesIO(base64.b64decode(look["pictures"][0]))).size == (64, 64)
+    prompts, questions = watch_scenes()
+    assert all(is_held_out(s) for s in prompts + [s for s, _ in questions])
+    assert json.loads((tmp_path / "w" / "train_log.json").read_text())["watch"] == stats["watch"]

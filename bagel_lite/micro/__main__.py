@@ -63,6 +63,8 @@ def main(argv=None):
                    help="packed sequences per step (default: one per process; under torchrun each process "
                         "trains on its share)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--watch", type=int, default=0, metavar="N",
+                   help="every N steps, draw 4 fixed held-out prompts and ask 4 questions into the log (notebook 05b)")
     t.add_argument("--dense", action="store_true",
                    help="a dense model (every token through one expert): the baseline MoT is measured against")
     t.add_argument("--state", type=Path, default=None,
@@ -85,7 +87,7 @@ def main(argv=None):
         if args.out is None and not args.quick and not args.overwrite_shipped:
             ap.error(f"the long recipe needs --out DIR (or --overwrite-shipped to replace {CHECKPOINT})")
         out = args.out or (QUICK_OUT if args.quick else CHECKPOINT)
-        settings = replace(RECIPES[recipe], seed=args.seed, mot=not args.dense,
+        settings = replace(RECIPES[recipe], seed=args.seed, mot=not args.dense, watch_every=args.watch,
                            micro_batches=args.micro_batches or PartialState().num_processes)
         stats = train(out, settings, state_path=args.state or default_state_path(out))
         if not PartialState().is_main_process:

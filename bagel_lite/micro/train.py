@@ -96,6 +96,7 @@ class TrainSettings:
     timestep_shift: float = 1.0
     threads: int = 1  # fixed, so that a resumed run computes the same bytes (1: steady on a busy machine)
     eval_every: int = 1500  # a small held-out evaluation into the training log (0: never)
+    watch_every: int = 0  # draw and ask a few fixed held-out scenes into the log every this many steps (0: never)
     state_every_s: float = 300.0  # save a resumable state at least this often
     weights_dtype: str = "float16"  # storage of ema.safetensors (upcast at load)
     # True: take the shipped checkpoint's autoencoder, frozen, instead of training one first -- as BAGEL takes
@@ -286,8 +287,8 @@ def _step_batches(maker: SampleMaker, special, cfg, s: TrainSettings, step: int,
 
 
 def train_bagel(model: Bagel, tokenizer, special, table: PosteriorTable, ae_cfg, *, s: TrainSettings, log=print,
-                on_eval=None, state: dict | None = None, saver: Resumable | None = None, clock=None,
-                phase: str = "bagel") -> tuple:
+                on_eval=None, on_watch=None, state: dict | None = None, saver: Resumable | None = None,
+                clock=None, phase: str = "bagel") -> tuple:
     """Train with the packed recipe; returns (the EMA model, the training log). ``phase`` names the states
     this run saves (stage 2: "bagel", stage 3: "final").
 
@@ -335,6 +336,8 @@ def train_bagel(model: Bagel, tokenizer, special, table: PosteriorTable, ae_cfg,
             history["evals"].append({"step": step + 1, **on_eval(trainer.ema_model())})
             log(f"step {step + 1}: " + "  ".join(f"{k} {v:.2f}" for k, v in history["evals"][-1].items()
                                                   if k != "step"))
+        if on_watch and s.watch_every and (step + 1) % s.watch_every == 0 and acc.is_main_process:
+            history.setdefault("watch", []).append({"step": step + 1, **on_watch(trainer.ema_model())})
         if saver is not None and acc.is_main_process:
             saver.maybe_save(lambda step=step: {"phase": phase, "step": step + 1,
                                                 "rng": rng.getstate(), "gen": gen.get_state(),
@@ -358,6 +361,41 @@ def _quick_eval(ae, tokenizer, special):
         keys = ("t2i_color_acc", "t2i_position_acc", "t2i_shape_acc", "t2i_size_acc", "vqa_acc",
                 "vqa_position_acc", "edit_success")
         return {k: round(m[k], 3) for k in keys}
+    return run
+
+
+def watch_scenes() -> tuple[list[Scene], list[tuple[Scene, str]]]:
+    """The fixed held-out prompts and questions a watched run draws and asks at every look (``watch_every``)."""
+    from .world import QUESTIONS, held_out_scene
+
+    rng = random.Random(31)
+    prompts = [held_out_scene(rng) for _ in range(4)]
+    questions = [(held_out_scene(rng), kind) for kind in QUESTIONS]
+    return prompts, questions
+
+
+def _watch(ae, tokenizer, special):
+    """What the EMA model draws for the watched prompts and answers to the watched questions, as PNG (base64)
+    and words: the log then shows the pictures improving as the loss falls (notebook 05b)."""
+    def run(ema_model) -> dict:
+        import base64
+        import io
+
+        from ..inference.pipeline import Pipeline
+        from .data import micro_transform
+        from .world import QUESTIONS, caption, render
+
+        pipe = Pipeline(ema_model, ae, tokenizer, special, vae_transform=micro_transform(),
+                        vit_transform=micro_transform())
+        prompts, questions = watch_scenes()
+        pictures = []
+        for scene in prompts:
+            buffer = io.BytesIO()
+            pipe.generate(caption(scene, size=True), seed=0, num_timesteps=20, progress=False).image.save(buffer, "PNG")
+            pictures.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+        answers = [pipe.answer(render(scene), QUESTIONS[kind].format(shape=scene.shape), max_tokens=4).strip()
+                   for scene, kind in questions]
+        return {"pictures": pictures, "answers": answers}
     return run
 
 
@@ -421,7 +459,9 @@ def _train(out: Path, s: TrainSettings, log, state_path: Path | None, path: CpuP
     for p in ae.parameters():
         p.requires_grad_(False)
     on_eval = _quick_eval(ae, tokenizer, special) if s.eval_every else None
-    ema, history = _bagel_stages(model, tokenizer, special, table, ae.config, s=s, log=log, on_eval=on_eval,
+    on_watch = _watch(ae, tokenizer, special) if s.watch_every else None
+    ema, history = _bagel_stages(model, tokenizer, special, table, ae.config, s=s, log=log,
+                                 observers=(on_eval, on_watch),
                                  state=state, clock=clock,
                                  saver=_WithExtra(saver, {"ae_final": ae.state_dict(), "ae_stats": ae_stats}))
     seconds = clock()
@@ -437,7 +477,8 @@ def _train(out: Path, s: TrainSettings, log, state_path: Path | None, path: CpuP
         "ae_curve": ae_stats["ae_curve"], "ae_psnr": ae_stats["ae_psnr"],
         "ae_attribute_acc": ae_stats["ae_attribute_acc"], "loss": {"ce": history["ce"], "mse": history["mse"]},
         "align_steps": s.align_steps, "final_start": history.get("final_start"), "evals": history["evals"],
-        "cpu_path": str(path), "scenes_encoded": table.encoded}
+        "cpu_path": str(path), "scenes_encoded": table.encoded,
+        **({"watch": history["watch"]} if "watch" in history else {})}
     (out / "train_log.json").write_text(json.dumps(stats, default=str, separators=(",", ":")))
     return stats
 
@@ -459,16 +500,19 @@ def _autoencoder(ae: AutoEncoder, s: TrainSettings, *, state: dict | None, saver
     return ae_stats
 
 
-def _bagel_stages(model, tokenizer, special, table, ae_cfg, *, s: TrainSettings, log, on_eval, state: dict | None,
-                  saver, clock) -> tuple:
+def _bagel_stages(model, tokenizer, special, table, ae_cfg, *, s: TrainSettings, log, observers: tuple,
+                  state: dict | None, saver, clock) -> tuple:
     """Stage 2 (alignment, then mixed) and, if the recipe has one, stage 3 (``FinalStage``) from the weights
-    stage 2 would ship. Returns (the EMA model, the log of both stages, stage 3 starting at ``final_start``)."""
+    stage 2 would ship. ``observers``: (on_eval, on_watch), either None. Returns (the EMA model, the log of both
+    stages, stage 3 starting at ``final_start``)."""
+    on_eval, on_watch = observers
     phase = state["phase"] if state is not None else None
     if phase == "final":  # stage 2 had finished when the state was saved
         history = state["stage2"]
     else:
         ema, history = train_bagel(model, tokenizer, special, table, ae_cfg, s=s, log=log, on_eval=on_eval,
-                                   state=state if phase == "bagel" else None, saver=saver, clock=clock)
+                                   on_watch=on_watch, state=state if phase == "bagel" else None, saver=saver,
+                                   clock=clock)
     f = s.final
     if f is None:
         return ema, history
@@ -479,11 +523,13 @@ def _bagel_stages(model, tokenizer, special, table, ae_cfg, *, s: TrainSettings,
             f"{f.question_shift} px")
     freeze_for_final(model, f)
     ema, final = train_bagel(model, tokenizer, special, table, ae_cfg, s=final_settings(s), log=log, on_eval=on_eval,
-                             state=state if phase == "final" else None, clock=clock, phase="final",
-                             saver=_WithExtra(saver, {"stage2": history}))
+                             on_watch=on_watch, state=state if phase == "final" else None, clock=clock,
+                             phase="final", saver=_WithExtra(saver, {"stage2": history}))
     start = len(history["ce"])
-    return ema, {"ce": history["ce"] + final["ce"], "mse": history["mse"] + final["mse"], "final_start": start,
-                 "evals": history["evals"] + [{**e, "step": e["step"] + start} for e in final["evals"]]}
+    merged = {"ce": history["ce"] + final["ce"], "mse": history["mse"] + final["mse"], "final_start": start,
+              "evals": history["evals"] + [{**e, "step": e["step"] + start} for e in final["evals"]]}
+    watched = history.get("watch", []) + [{**w, "step": w["step"] + start} for w in final.get("watch", [])]
+    return ema, {**merged, **({"watch": watched} if watched else {})}
 
 
 def final_settings(s: TrainSettings) -> TrainSettings:
