@@ -43,7 +43,7 @@ QUANTIZED_BYTES = {"nf4": 0.5 + 4 / 64, "int8": 1.0}  # per weight of a quantize
 UNQUANTIZED_DTYPE = {"nf4": torch.bfloat16, "int8": torch.float32}  # everything else, as the official app's modes
 
 
-def estimate_memory(cfg: BagelConfig, dtype: torch.dtype = torch.bfloat16, image_side: int = 1024,
+def estimate_memory(cfg: BagelConfig, dtype: torch.dtype = torch.bfloat16, image_side: int = 1024, *,
                     context_tokens: int | None = None, cfg_branches: int = 3,
                     quantize: str | None = None) -> MemoryEstimate:
     """Rough GPU memory of one generation: weights + cached contexts + the activations of one CFG step.
