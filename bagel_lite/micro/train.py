@@ -461,8 +461,7 @@ def _train(out: Path, s: TrainSettings, log, state_path: Path | None, path: CpuP
     on_eval = _quick_eval(ae, tokenizer, special) if s.eval_every else None
     on_watch = _watch(ae, tokenizer, special) if s.watch_every else None
     ema, history = _bagel_stages(model, tokenizer, special, table, ae.config, s=s, log=log,
-                                 observers=(on_eval, on_watch),
-                                 state=state, clock=clock,
+                                 observers=(on_eval, on_watch), state=state, clock=clock,
                                  saver=_WithExtra(saver, {"ae_final": ae.state_dict(), "ae_stats": ae_stats}))
     seconds = clock()
     log(f"trained in {seconds:.0f} s")
@@ -473,12 +472,11 @@ def _train(out: Path, s: TrainSettings, log, state_path: Path | None, path: CpuP
     save_bagel(out, ema, ae, tokenizer)
     error = reconstruction_error(ae, min(64, s.ae_eval_scenes))
     stats = {"seed": s.seed, "train_seconds": round(seconds, 1), "ae_reconstruction_error": round(error, 3),
-        "ae_rec_loss": ae_stats["ae_rec_loss"], "settings": asdict(s),
-        "ae_curve": ae_stats["ae_curve"], "ae_psnr": ae_stats["ae_psnr"],
-        "ae_attribute_acc": ae_stats["ae_attribute_acc"], "loss": {"ce": history["ce"], "mse": history["mse"]},
-        "align_steps": s.align_steps, "final_start": history.get("final_start"), "evals": history["evals"],
-        "cpu_path": str(path), "scenes_encoded": table.encoded,
-        **({"watch": history["watch"]} if "watch" in history else {})}
+             "ae_rec_loss": ae_stats["ae_rec_loss"], "settings": asdict(s), "ae_curve": ae_stats["ae_curve"],
+             "ae_psnr": ae_stats["ae_psnr"], "ae_attribute_acc": ae_stats["ae_attribute_acc"],
+             "loss": {"ce": history["ce"], "mse": history["mse"]}, "align_steps": s.align_steps,
+             "final_start": history.get("final_start"), "evals": history["evals"], "cpu_path": str(path),
+             "scenes_encoded": table.encoded, **({"watch": history["watch"]} if "watch" in history else {})}
     (out / "train_log.json").write_text(json.dumps(stats, default=str, separators=(",", ":")))
     return stats
 
