@@ -357,3 +357,17 @@ def test_a_watched_run_logs_pictures_and_answers_at_each_look(tmp_path):
     prompts, questions = watch_scenes()
     assert all(is_held_out(s) for s in prompts + [s for s, _ in questions])
     assert json.loads((tmp_path / "w" / "train_log.json").read_text())["watch"] == stats["watch"]
+
+
+def test_the_shipped_watch_log_is_the_quick_recipe_watched():
+    """``checkpoint/quick_watch_log.json`` (notebook 05b, "watch it learn") was written by the quick recipe with
+    ``--watch 250`` and nothing else changed: its settings are today's QUICK recipe's, its looks every 250 steps."""
+    from dataclasses import replace
+
+    from bagel_lite.micro.train import QUICK
+
+    log = json.loads((micro.CHECKPOINT / "quick_watch_log.json").read_text())
+    recipe = json.loads(json.dumps(asdict(replace(QUICK, watch_every=250)), default=str))
+    assert log["settings"] == recipe
+    assert [w["step"] for w in log["watch"]] == list(range(250, 3001, 250))
+    assert all(len(w["pictures"]) == 4 and len(w["answers"]) == 4 for w in log["watch"])
