@@ -57,9 +57,20 @@ def max_diff(a: dict, b: dict, skip: str | None = None) -> float:
 
 
 # The ViT's key bias adds the same number to every score of a query, which softmax ignores: its gradient is zero
-# up to rounding, and Adam (dividing by the gradient's own size) turns that rounding into steps of about lr. Two
-# runs that round differently (FSDP's reduce-scatter against one process) move it differently: measured 3e-6.
+# up to rounding, and Adam (dividing by the gradient's own size) turns that rounding into steps of up to lr each.
+# Two runs that round differently (FSDP's reduce-scatter against one process) move it differently: measured 3e-6
+# to 2.5e-4 over 3 steps at lr 1e-3; the bound is lr x steps = 3e-3. Every other weight agrees within 1e-6.
 NOISE_ONLY = "k_proj.bias"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The runs inside this process compute on one thread, as the torchrun processes do (env): a different thread
+    count sums in another order, and Adam turns the last-bit differences of near-zero gradients into visible ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +116,7 @@ def test_fsdp_on_two_processes_trains_the_same_and_saves_a_folder_that_loads(dat
     and its folder loads and draws."""
     torchrun(args(data, tmp_path / "fsdp", "--steps", "3", "--fsdp"))
     assert max_diff(weights(one_process), weights(tmp_path / "fsdp"), skip=NOISE_ONLY) < 1e-6
-    assert max_diff(weights(one_process), weights(tmp_path / "fsdp")) < 1e-5
+    assert max_diff(weights(one_process), weights(tmp_path / "fsdp")) < 3e-3  # the key bias: rounding noise
     # stopped after a step (a state: the model and AdamW gathered from their shards, the EMA too), then continued
     stopped = torchrun(args(data, tmp_path / "resumed", "--steps", "3", "--fsdp", "--stop-after", "1"))
     assert "stopped after 1 steps" in stopped.stdout and not (tmp_path / "resumed" / "ema.safetensors").exists()
