@@ -136,23 +136,35 @@ def run_in_background(argv: list[str]) -> subprocess.Popen:
 
 
 def test_a_run_killed_at_any_moment_resumes_to_the_same_weights(data, tmp_path):
-    """SIGKILL at random moments (a state after every step), then the same command until it finishes: the
-    weights equal those of a run that was never stopped."""
-    steps = ["--steps", "8", "--save-every", "1"]
+    """SIGKILL three times at random moments while it trains (a state after every step), then the same command until
+    it finishes: the weights equal those of a run that was never stopped."""
+    steps = ["--steps", "30", "--save-every", "1"]
     finetune(args(data, tmp_path / "whole", *steps))
     out, rng = tmp_path / "killed", random.Random(0)
+    state = out.with_name("killed.state")
+
+    def steps_saved() -> int:
+        try:
+            return len(json.loads((state / "complete.json").read_text())["history"]["ce"])
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            return 0
+
     kills = 0
     for _ in range(3):
+        before = steps_saved()
         proc = run_in_background(args(data, out, *steps))
-        time.sleep(rng.uniform(4.0, 7.0))  # the imports take ~3 s; then a step or a save every ~0.1-0.3 s
+        deadline = time.time() + 120
+        while proc.poll() is None and steps_saved() <= before and time.time() < deadline:
+            time.sleep(0.02)  # until this run has saved a state of its own
+        time.sleep(rng.uniform(0.0, 0.3))  # then a random moment: inside a step, or inside a save
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
-    assert kills >= 1
+    assert kills == 3 and 0 < steps_saved() < 30
     finetune(args(data, out, *steps))
     assert max_diff(weights(tmp_path / "whole"), weights(out)) == 0.0
-    assert not out.with_name("killed.state").exists()  # a finished run leaves no state for the next one to resume
+    assert not state.exists()  # a finished run leaves no state for the next one to resume
 
 
 def test_a_save_killed_half_way_leaves_nothing_that_load_accepts(tmp_path):
