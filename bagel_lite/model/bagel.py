@@ -128,7 +128,7 @@ class Bagel(nn.Module):
         rows = x.new_zeros(b.sequence_length, d)  # (L, D) the packed input rows
         rows = rows.index_put((b.packed_text_indexes,), x)
         if b.vit_token_seqlens:
-            patches = b.packed_vit_tokens.to(self.vit_pos_embed.pos_embed.dtype)  # pixels in the model dtype
+            patches = b.packed_vit_tokens.to(self.connector.fc1.weight.dtype)  # pixels in the weights' dtype
             vit = self.embed_vit(patches, b.packed_vit_position_ids, b.vit_token_seqlens)  # (n_vit, D)
             rows = rows.index_put((b.packed_vit_token_indexes,), vit.to(rows.dtype))
         gen_mask = torch.zeros(b.sequence_length, dtype=torch.bool, device=rows.device)  # (L,) True: gen expert

@@ -30,23 +30,8 @@ import torch
 from ..loading.checkpoint import load_bagel, read_config, save_bagel
 from ..loading.transforms import ImageTransform
 from .data import DataError, Dropout, ExampleReader, micro_batch, parse_data_arg, read_jsonl
-from .planner import check_fits_for_finetune
+from .planner import check_fits_for_finetune, plan_of_finetune, set_trainable
 from .trainer import StepSettings, Trainer, load_state, make_accelerator, save_state, shard
-
-GENERATION_PARTS = ("_moe_gen", "time_embedder", "vae2llm", "llm2vae")  # what --train generation trains
-
-
-def choose_trainable(model, part: str, freeze_vit: bool = False) -> int:
-    """Set ``requires_grad`` by ``part`` ("all", "generation", "understanding"); returns how many train. The
-    fixed sin-cos position tables never train."""
-    count = 0
-    for name, p in model.named_parameters():
-        gen = any(key in name for key in GENERATION_PARTS)
-        train = {"all": True, "generation": gen, "understanding": not gen}[part]
-        train = train and not name.endswith("pos_embed.pos_embed") and not (freeze_vit and name.startswith("vit_"))
-        p.requires_grad_(train)
-        count += p.numel() if train else 0
-    return count
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,7 +151,7 @@ def train_steps(acc, trainer: Trainer, loaded, args, *, sources, history: dict, 
 
 def prepare(model, acc, args, log) -> Trainer:
     """Which parameters train, checkpointing, sharding; the ``Trainer``, registered for ``save_state``."""
-    trained = choose_trainable(model, args.train, args.freeze_vit)
+    trained = set_trainable(model, plan_of_finetune(args, acc.num_processes))  # the parts the planner counted
     model.train().set_checkpointing(args.checkpointing)
     if args.fsdp:
         shard(model, bf16=args.bf16)

@@ -91,7 +91,6 @@ class PackedSequence:
             raise TypeError(f"add_sample takes the model's config (a BagelConfig), not {type(cfg).__name__}: "
                             "call seq.add_sample(items, model.config, rng)")
         start, rope = self.length, 0
-        mcfg = cfg
         for item in items:
             dropped = item.drop_prob > 0 and rng.random() < item.drop_prob
             if isinstance(item, Text):
@@ -110,8 +109,8 @@ class PackedSequence:
                 rope += 1  # a dropped image still takes its position
                 continue
             if isinstance(item, VitImage):
-                patches = patchify(item.pixels, mcfg.vit.patch_size)  # (n, p*p*3)
-                ids = image_position_ids(mcfg, item.pixels.shape[1:], "vit")
+                patches = patchify(item.pixels, cfg.vit.patch_size)  # (n, p*p*3)
+                ids = image_position_ids(cfg, item.pixels.shape[1:], "vit")
                 index = self._split(len(ids) + 2, "full", rope)
                 self.vit_patches.append(patches)
                 self.vit_pos.append(ids)
@@ -119,9 +118,9 @@ class PackedSequence:
                 self.vit_lens.append(len(ids))
             else:  # VaeImage
                 c, lh, lw = item.latent.shape
-                p = mcfg.latent_patch_size
+                p = cfg.latent_patch_size
                 tokens = patchify(item.latent, p)  # (n, p*p*C)
-                ids = image_position_ids(mcfg, (lh * mcfg.vae.downsample, lw * mcfg.vae.downsample), "vae")
+                ids = image_position_ids(cfg, (lh * cfg.vae.downsample, lw * cfg.vae.downsample), "vae")
                 index = self._split(len(ids) + 2, "noise" if item.noisy else "full", rope)
                 self.latents.append(tokens)
                 self.latent_pos.append(ids)

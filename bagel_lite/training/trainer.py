@@ -136,7 +136,7 @@ class Trainer:
         set_lr(self.opt, lr if lr is not None else cosine_lr(self.step, self.s.steps, self.s.lr, self.s.warmup,
                                                              self.s.floor))
         sums = torch.zeros(2, dtype=torch.float64)
-        single = scale == 1  # one micro-batch on one process: the weights below are exactly 1
+        single = scale == 1  # one micro-batch, one process: weights of exactly 1, the bytes of a plain loop
         for batch in batches:
             with acc.accumulate(self.model):
                 out = self.model(batch.to(acc.device), ce_weight=self.s.ce_weight, mse_weight=self.s.mse_weight)
@@ -158,8 +158,7 @@ class Trainer:
                     pe.lerp_(pm.detach().to(pe.dtype), 1 - decay)
         self.step += 1
         if single:
-            return {"ce": last["ce"].item(), "mse": last["mse"].item(), "ce_tensor": last["ce"],
-                    "mse_tensor": last["mse"]}
+            return {"ce": last["ce"].item(), "mse": last["mse"].item()}
         total = acc.reduce(sums[None].to(acc.device), "sum")[0] if acc.num_processes > 1 else sums
         return {"ce": float(total[0]) / max(n_ce, 1.0), "mse": float(total[1]) / max(n_mse, 1.0)}
 
